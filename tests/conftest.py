@@ -1,0 +1,24 @@
+"""Shared fixtures: where the read-only data mirror is, and the project root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def data_mirror() -> Path:
+    """The folder holding <dataset>/ copies ($GENREC_DATA_MIRROR, else ../shared/data beside the repo)."""
+    mirror = Path(os.environ.get("GENREC_DATA_MIRROR") or ROOT.parent / "shared" / "data")
+    if not (mirror / "ml-latest-small" / "ratings.csv").exists():
+        pytest.fail(f"no ml-latest-small under {mirror}: set GENREC_DATA_MIRROR to the shared data folder")
+    return mirror.resolve()

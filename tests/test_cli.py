@@ -1,0 +1,45 @@
+"""The CLI is a thin table: instant --help (no torch import), one command per stage, clear param errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from genrec.cli import main
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from genrec.cli import main\n"
+        "result = CliRunner().invoke(main, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'mlflow', 'great_expectations', 'pandas')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_every_stage_command_has_help():
+    runner = CliRunner()
+    for name in ("ingest", "split", "prompts", "base_model", "train"):
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--set" in result.output and "--params" in result.output
+
+
+def test_bad_override_is_a_usage_error_naming_the_key(tmp_path):
+    (tmp_path / "interim").mkdir()
+    result = CliRunner().invoke(main, [
+        "split", "--params", "params.yaml", "--set", "split.user_core=0",
+        "--interim", str(tmp_path / "interim"), "--out", str(tmp_path / "out"),
+        "--report", str(tmp_path / "rep"), "--metrics", str(tmp_path / "m.json"),
+    ])
+    assert result.exit_code == 2
+    assert "split.user_core" in result.output
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ commands so that `genrec --help` stays instant. `dvc.yaml` calls these commands 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -35,11 +36,16 @@ def _dir(exists: bool = False):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genrec")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
     """genrec: generative recommendation with LoRA-fine-tuned LLMs (GenRec, arXiv 2307.00457).
 
     Each command is one stage of the DVC pipeline; `dvc repro` runs them in order.
     """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
 
 
 @main.command()

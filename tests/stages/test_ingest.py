@@ -1,0 +1,122 @@
+"""The ingest stage end to end: mirror, local reuse, download from a URL, checksums and atomic outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+
+import pandas as pd
+import pytest
+
+from genrec.errors import DataError
+from genrec.params import IngestParams, Params
+from genrec.stages import ingest
+
+GENERIC = {"interactions.csv": "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n", "items.csv": "item_id,title\na,A\nb,B\n"}
+
+
+def params(dataset="ml-latest-small", **ingest_fields) -> Params:
+    return Params(dataset=dataset, ingest=IngestParams(**ingest_fields))
+
+
+def manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_mirror_then_local_on_real_ml_latest_small(tmp_path, data_mirror):
+    raw, out = tmp_path / "raw" / "ml-latest-small", tmp_path / "interim" / "ml-latest-small"
+    written = ingest.run(params(), raw_dir=raw, out_dir=out, mirror=data_mirror)
+
+    assert sorted(p.name for p in written.values()) == ["interactions.parquet", "items.parquet", "manifest.json"]
+    first = manifest(out)
+    assert first["source"] == "mirror" and first["format"] == "movielens"
+    assert first["rows"] == {"interactions": 100836, "items": 9742, "users": 610}
+    sums = (data_mirror / "ml-latest-small" / "SHA256SUMS").read_text()
+    assert first["files"]["ratings.csv"] in sums and first["files"]["movies.csv"] in sums
+    interactions = pd.read_parquet(out / "interactions.parquet")
+    assert interactions.columns.tolist() == ["user_id", "item_id", "timestamp", "rating"]
+    assert interactions.iloc[0].tolist() == ["1", "1", 964982703, 4.0]  # first line of ratings.csv
+    assert str(interactions["timestamp"].dtype) == "int64"
+    items = pd.read_parquet(out / "items.parquet")
+    assert not items["title"].str.contains("&amp;|  ").any()
+
+    ingest.run(params(), raw_dir=raw, out_dir=out, mirror=tmp_path / "no-mirror")
+    assert manifest(out)["source"] == "local" and manifest(out)["rows"] == first["rows"]
+
+
+def test_mirror_checksum_mismatch_is_refused_and_nothing_written(tmp_path, data_mirror):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(data_mirror / "ml-latest-small", mirror / "ml-latest-small")
+    ratings = mirror / "ml-latest-small" / "ratings.csv"
+    ratings.chmod(0o644)
+    with open(ratings, "ab") as f:
+        f.write(b"1,1,4.0,964982703\r\n")
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    with pytest.raises(DataError, match=r"ratings.csv: sha256 [0-9a-f]{64} differs from aa289ca8") as caught:
+        ingest.run(params(), raw_dir=raw, out_dir=out, mirror=mirror)
+    assert "restore it" in caught.value.fix
+    assert not raw.exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]  # no temporary leftovers either
+
+
+def test_failing_ingest_leaves_no_output_and_keeps_the_previous_one(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for name, text in GENERIC.items():
+        (raw / name).write_text(text)
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,a,1\nu1,zzz,2\n")
+    with pytest.raises(DataError, match=r"interactions.csv, row 3, column 'item_id': item 'zzz'"):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    assert not out.exists()
+
+    (raw / "interactions.csv").write_text(GENERIC["interactions.csv"])
+    ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    before = (out / "interactions.parquet").read_bytes()
+    (raw / "items.csv").write_text("item_id,title\na,A\nb,\n")
+    with pytest.raises(DataError, match="has no title"):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    assert (out / "interactions.parquet").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+
+
+def zipped_generic(tmp_path):
+    archive = tmp_path / "my-data.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, text in GENERIC.items():
+            z.writestr(f"my-data/{name}", text)
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_download_from_url_extracts_and_records_hash(tmp_path):
+    archive, digest = zipped_generic(tmp_path)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ingest.run(params("my-data", url=archive.as_uri()), raw_dir=raw, out_dir=out, mirror=None)
+    assert sorted(p.name for p in raw.iterdir()) == ["interactions.csv", "items.csv"]  # the zip is removed
+    record = manifest(out)
+    assert record["source"] == "url" and record["format"] == "generic"
+    assert record["downloads"] == [{"url": archive.as_uri(), "sha256": digest, "verified": False}]
+
+    shutil.rmtree(raw)
+    ingest.run(params("my-data", url=archive.as_uri(), sha256=digest), raw_dir=raw, out_dir=out, mirror=None)
+    assert manifest(out)["downloads"][0]["verified"] is True
+
+
+def test_download_checksum_mismatch_leaves_no_raw_dir(tmp_path):
+    archive, _ = zipped_generic(tmp_path)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    with pytest.raises(DataError, match="differs from the expected"):
+        ingest.run(params("my-data", url=str(archive), sha256="0" * 64), raw_dir=raw, out_dir=out, mirror=None)
+    assert not raw.exists() and not out.exists()
+
+
+def test_no_source_and_incomplete_raw_dir_are_refused(tmp_path):
+    raw = tmp_path / "raw"
+    with pytest.raises(DataError, match="no files for dataset 'my-data'.*set ingest.url"):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=tmp_path / "out", mirror=tmp_path)
+    raw.mkdir()
+    (raw / "interactions.csv").write_text(GENERIC["interactions.csv"])
+    with pytest.raises(DataError, match="holds files, but not"):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=tmp_path / "out", mirror=None)
+    assert (raw / "interactions.csv").exists()  # never deleted

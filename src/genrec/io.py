@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,3 +35,21 @@ def write_json(path: str | Path, data) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def fingerprint(*paths: str | Path) -> str:
+    """sha256 over the bytes of the given files (folders: every file inside, in sorted order).
+
+    Identifies a split or a prompt set independently of DVC: metrics files carry the fingerprint of
+    the split they were computed on, so the report can refuse to compare across splits.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.name.encode())
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,219 @@
+"""Prompt building: history formats, template I/O, truncation and token budgets with a real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from genrec.params import PromptsParams
+from genrec.prompts import (
+    DEFAULT_TEMPLATE,
+    INSTRUCTIONS,
+    PromptTemplate,
+    build_completion,
+    build_prompt,
+    choose_instruction,
+    completion_token_ids,
+    fit_to_token_budget,
+    format_history,
+    parse_history,
+    truncate_history,
+)
+
+TRICKY = [
+    "American President, The (1995)",
+    'Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1964)',
+    'He Said "No", She Said "Yes" (2001)',
+    "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
+    "Léon: The Professional (a.k.a. The Professional) (Léon) (1994)",
+    "千と千尋の神隠し (2001)",
+    "Back\\slash {braces} (2000)",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE (the GPT-2/LLaMA-3/SmolLM2 kind), trained here: no hub download."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [build_prompt(PromptTemplate(), i, TRICKY) + TRICKY[0] for i in INSTRUCTIONS]
+    tok.train_from_iterator(corpus * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("fmt", ["lines", "quoted"])
+def test_unambiguous_formats_round_trip(fmt):
+    for titles in (TRICKY, TRICKY[:1], []):
+        assert parse_history(format_history(titles, fmt), fmt) == titles
+
+
+def test_quoted_format_is_json_literals():
+    assert format_history(["A, B (1999)", "C"], "quoted") == '"A, B (1999)", "C"'
+    assert format_history(["Amélie"], "quoted") == '"Amélie"'
+
+
+def test_comma_format_is_ambiguous_and_not_parsed():
+    one_title = format_history(["American President, The (1995)"], "comma")
+    two_titles = format_history(["American President", "The (1995)"], "comma")
+    assert one_title == two_titles == "American President, The (1995)"
+    with pytest.raises(ValueError, match="ambiguous"):
+        parse_history(one_title, "comma")
+
+
+def test_lines_rejects_titles_it_could_not_parse_back():
+    with pytest.raises(ValueError):
+        format_history(["a\nb"], "lines")
+    with pytest.raises(ValueError):
+        format_history([""], "lines")
+    with pytest.raises(ValueError):
+        format_history(["a"], "tabs")
+
+
+def test_template_validates_and_round_trips(tmp_path):
+    t = PromptTemplate(history_format="quoted", max_history=3, instructions=("Next?", "What now?"))
+    t.save(tmp_path / "template.json")
+    assert PromptTemplate.load(tmp_path / "template.json") == t
+    assert json.loads((tmp_path / "template.json").read_text())["instructions"] == ["Next?", "What now?"]
+    assert PromptTemplate.from_dict(PromptTemplate().to_dict()) == PromptTemplate()
+    assert PromptTemplate.from_params(PromptsParams(max_history=4, history_format="comma")).max_history == 4
+    with pytest.raises(ValueError, match="placeholders"):
+        PromptTemplate(template="{instruction} {history} {target}")
+    with pytest.raises(ValueError, match="placeholders"):
+        PromptTemplate(template="{history}")
+    with pytest.raises(ValueError):
+        PromptTemplate(history_format="tabs")
+    with pytest.raises(ValueError, match="unknown"):
+        PromptTemplate.from_dict({"system": "You are helpful"})
+
+
+def test_defaults_are_short_and_clean():
+    assert len(INSTRUCTIONS) >= 5 and len(set(INSTRUCTIONS)) == len(INSTRUCTIONS)
+    assert all("\n" not in i and "noqa" not in i and len(i) < 100 for i in INSTRUCTIONS)
+    assert DEFAULT_TEMPLATE.endswith(":\n") and "noqa" not in DEFAULT_TEMPLATE
+
+
+def test_build_prompt_uses_last_titles_and_never_the_target():
+    template = PromptTemplate(max_history=3)
+    history = [f"Film {i} (199{i})" for i in range(6)]
+    prompt = build_prompt(template, INSTRUCTIONS[0], history)
+    assert prompt.startswith(INSTRUCTIONS[0])
+    assert format_history(history[-3:], "lines") in prompt
+    assert "Film 2 (1992)" not in prompt and "Target (2000)" not in prompt
+    assert prompt + build_completion("Target (2000)") == prompt + "Target (2000)"
+
+
+def test_braces_in_titles_are_not_template_fields():
+    prompt = build_prompt(PromptTemplate(), "Next?", [TRICKY[-1]])
+    assert TRICKY[-1] in prompt
+
+
+def test_truncate_drops_oldest_first():
+    titles = ["a", "bb", "ccc", "dddd"]
+    calls = []
+
+    def fits(kept):
+        calls.append(list(kept))
+        return sum(map(len, kept)) <= 7
+
+    assert truncate_history(titles, fits) == ["ccc", "dddd"]
+    assert truncate_history(titles, lambda kept: True) == titles
+    assert truncate_history(titles, lambda kept: len(kept) == 0) == []
+    with pytest.raises(ValueError):
+        truncate_history(titles, lambda kept: False)
+
+
+def test_truncate_calls_fits_logarithmically():
+    calls = []
+
+    def fits(kept):
+        calls.append(len(kept))
+        return len(kept) <= 37
+
+    assert len(truncate_history(list(range(1000)), fits)) == 37
+    assert len(calls) <= 2 + 11
+
+
+def test_completion_tokens_split_cleanly(tokenizer):
+    template = PromptTemplate()
+    prompt = build_prompt(template, INSTRUCTIONS[1], TRICKY[:3])
+    for title in TRICKY:
+        completion = build_completion(title)
+        joint = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        alone = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert joint == prompt_ids + alone
+        assert completion_token_ids(template, tokenizer, title) == alone
+
+
+def test_completion_token_ids_detects_a_merging_boundary(tokenizer):
+    # A template ending in a space: byte-level BPE glues that space to the title's first word.
+    glued = PromptTemplate(template="{instruction}\n{history}\nNext: ")
+    with pytest.raises(ValueError, match="merges"):
+        completion_token_ids(glued, tokenizer, "The Professional (1994)")
+
+
+def test_fit_to_token_budget(tokenizer):
+    template = PromptTemplate(max_history=5)
+    history, target = TRICKY[:6], TRICKY[6]
+    full_prompt, completion, dropped = fit_to_token_budget(template, "Next?", history, target, tokenizer, 10_000)
+    assert dropped == 0 and completion == target and full_prompt == build_prompt(template, "Next?", history)
+    need_all = n_tokens(tokenizer, full_prompt + completion) + 1
+
+    prompt, completion, dropped = fit_to_token_budget(template, "Next?", history, target, tokenizer, need_all - 1)
+    assert dropped >= 1 and completion == target
+    assert n_tokens(tokenizer, prompt + completion) + 1 <= need_all - 1
+    assert prompt == build_prompt(template, "Next?", history[-5 + dropped:])  # the oldest went first
+    assert target not in prompt
+
+    bare = n_tokens(tokenizer, build_prompt(template, "Next?", []) + target) + 1
+    prompt, _, dropped = fit_to_token_budget(template, "Next?", history, target, tokenizer, bare)
+    assert dropped == 5 and prompt == build_prompt(template, "Next?", [])
+    with pytest.raises(ValueError, match="empty history"):
+        fit_to_token_budget(template, "Next?", history, target, tokenizer, bare - 1)
+
+
+def test_fit_to_token_budget_for_evaluation_counts_only_the_prompt(tokenizer):
+    template = PromptTemplate(max_history=5)
+    prompt_only = n_tokens(tokenizer, build_prompt(template, "Next?", TRICKY[:5]))
+    prompt, completion, dropped = fit_to_token_budget(template, "Next?", TRICKY[:5], "", tokenizer, prompt_only)
+    assert (completion, dropped) == ("", 0)
+    _, _, dropped = fit_to_token_budget(template, "Next?", TRICKY[:5], "", tokenizer, prompt_only - 1)
+    assert dropped >= 1
+
+
+def test_choose_instruction_is_deterministic_and_varied():
+    picks = [choose_instruction(42, f"u{u}", p, INSTRUCTIONS) for u in range(50) for p in range(4)]
+    again = [choose_instruction(42, f"u{u}", p, INSTRUCTIONS) for u in reversed(range(50)) for p in range(4)]
+    assert picks == [again[(49 - i // 4) * 4 + i % 4] for i in range(len(again))]
+    assert set(picks) == set(INSTRUCTIONS)
+    other_seed = [choose_instruction(7, f"u{u}", p, INSTRUCTIONS) for u in range(50) for p in range(4)]
+    assert other_seed != picks
+
+
+def test_choose_instruction_is_stable_across_processes():
+    # Python's hash() changes with PYTHONHASHSEED; the choice must not.
+    code = ("from genrec.prompts import INSTRUCTIONS, choose_instruction as c; "
+            "print([INSTRUCTIONS.index(c(42, f'u{u}', 3, INSTRUCTIONS)) for u in range(20)])")
+    outputs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                              capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    expected = [INSTRUCTIONS.index(choose_instruction(42, f"u{u}", 3, INSTRUCTIONS)) for u in range(20)]
+    assert outputs == {f"{expected}\n"}
+
+
+def test_choose_instruction_is_pinned():
+    # A regression pin: changing the hash silently changes every generated prompts dataset.
+    assert [INSTRUCTIONS.index(choose_instruction(42, str(u), 3, INSTRUCTIONS)) for u in range(12)] == [
+        4, 3, 5, 3, 5, 1, 1, 0, 0, 3, 4, 5]

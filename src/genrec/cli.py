@@ -46,6 +46,8 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    # great-expectations logs its own set-up at INFO on every context it creates.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 @main.command()

@@ -188,8 +188,10 @@ def _items(processed_dir: Path, split_items: list[tuple[np.ndarray, np.ndarray]]
     rows = []
     for name, (codes, values) in zip(SPLITS, split_items):
         idx = index.get_indexer(values)
-        if (idx < 0).any():
-            raise DataError(f"item {values[np.flatnonzero(idx < 0)[0]]!r} has no title in {path.name}",
+        # A parquet dictionary may list values no row uses (categories dropped by the k-core filter).
+        unknown = np.intersect1d(np.flatnonzero(idx < 0), codes)
+        if unknown.size:
+            raise DataError(f"item {values[unknown[0]]!r} has no title in {path.name}",
                             path=path.parent / f"{name}.parquet", column="item_id",
                             fix="items.parquet must hold every item of the split")
         rows.append(idx.astype(np.int32)[codes])

@@ -1,0 +1,338 @@
+"""The comparison report: metrics files side by side, paired tests on per-user outcomes, figures.
+
+Every model's evaluation writes `<model>.json` (metrics, with the split fingerprint) and
+`<model>.jsonl` (per-user ranked lists) in the evaluate stage's format. This module reads them,
+refuses to compare files computed on different splits, and turns them into a markdown table, a
+paired bootstrap test against a reference model, per-k curves and a bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genrec.errors import DataError
+from genrec.metrics import Rank, hits_at_k, ndcg_gains_at_k, target_rank
+
+log = logging.getLogger(__name__)
+
+METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
+LABELS = {"hr_at_5": "HR@5", "ndcg_at_5": "NDCG@5", "hr_at_10": "HR@10", "ndcg_at_10": "NDCG@10"}
+MODEL_ORDER = ("genrec", "p5", "sasrec", "mostpop")
+
+PAPER_TABLE_1 = {
+    # Ji et al. 2023 (arXiv 2307.00457), Table 1: HR@5, NDCG@5, HR@10, NDCG@10; LLaMA-7B backbone.
+    ("MovieLens 25M", "P5"): (0.0688, 0.0464, 0.1040, 0.0577),
+    ("MovieLens 25M", "GenRec"): (0.1034, 0.0716, 0.1311, 0.0837),
+    ("Amazon Toys", "P5"): (0.0239, 0.0145, 0.0411, 0.0201),
+    ("Amazon Toys", "GenRec"): (0.0190, 0.0136, 0.0251, 0.0157),
+}
+
+
+@dataclass
+class ModelResult:
+    """One model's metrics file, and the per-user ranks from its predictions file."""
+
+    name: str
+    metrics_path: Path
+    metrics: dict
+    ranks: dict[str, Rank] | None = None
+
+
+def load_metrics(metrics_dir: str | Path) -> list[ModelResult]:
+    """Every metrics file in `metrics_dir` that holds ranking metrics, ordered GenRec, P5, SASRec, MostPop, rest.
+
+    Raises:
+        DataError: a file is not JSON, or no file holds ranking metrics.
+    """
+    metrics_dir = Path(metrics_dir)
+    results = []
+    for path in sorted(metrics_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"not JSON ({err.msg})", path=path, fix="rerun the stage that wrote it") from None
+        if not isinstance(data, dict) or not any(m in data for m in METRICS):
+            log.info("%s holds no ranking metrics; left out of the report", path)
+            continue
+        results.append(ModelResult(name=str(data.get("model") or path.stem), metrics_path=path, metrics=data))
+    if not results:
+        raise DataError("no metrics files with HR/NDCG", path=metrics_dir,
+                        fix="run the evaluation stages first (dvc repro)")
+    rank = {name: i for i, name in enumerate(MODEL_ORDER)}
+    return sorted(results, key=lambda r: (rank.get(r.name, len(rank)), r.name))
+
+
+def check_same_split(results: list[ModelResult]) -> str:
+    """The one split fingerprint (and evaluated split) all metrics files share.
+
+    Raises:
+        DataError: a file has no fingerprint, or two files were computed on different splits
+            (naming both files); comparing them would be meaningless.
+    """
+    for result in results:
+        if not result.metrics.get("split_fingerprint"):
+            raise DataError("no split_fingerprint", path=result.metrics_path,
+                            fix="rerun the stage that wrote it with this version of genrec")
+    first = results[0]
+    for other in results[1:]:
+        for key, what in (("split_fingerprint", "split"), ("protocol.split", "evaluated split")):
+            ours, theirs = _get(first.metrics, key), _get(other.metrics, key)
+            if ours != theirs:
+                raise DataError(f"computed on another {what} than {first.metrics_path} ({key} {theirs!r} vs "
+                                f"{ours!r}): refusing to compare", path=other.metrics_path,
+                                fix="rerun every model's evaluation on the same split (dvc repro)")
+    return first.metrics["split_fingerprint"]
+
+
+def _get(data: dict, dotted: str):
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def read_ranks(path: str | Path) -> dict[str, Rank]:
+    """Per user_id, the 1-based rank of the target in a predictions file (None: a miss).
+
+    Raises:
+        DataError: the file is missing, or a line is not a well-formed prediction.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
+    ranks = {}
+    with path.open(encoding="utf-8") as f:
+        for row, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                lists = [entry["item_ids"] for entry in record["ranked"]]
+                ranks[str(record["user_id"])] = target_rank(lists, str(record["target_item_id"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DataError(f"not a prediction record ({err})", path=path, row=row,
+                                fix="rerun the stage that wrote it") from None
+    return ranks
+
+
+def attach_ranks(results: list[ModelResult], predictions_dir: str | Path) -> None:
+    """Read `<predictions_dir>/<metrics file stem>.jsonl` for each result, checked against its metrics.
+
+    Raises:
+        DataError: a predictions file is missing or evaluates another number of users than its
+            metrics file (a stale file).
+    """
+    for result in results:
+        path = Path(predictions_dir) / f"{result.metrics_path.stem}.jsonl"
+        result.ranks = read_ranks(path)
+        expected = result.metrics.get("users")
+        if expected is not None and expected != len(result.ranks):
+            raise DataError(f"{len(result.ranks)} users, but {result.metrics_path} reports {expected}", path=path,
+                            fix="rerun the stage that writes both, so they come from the same evaluation")
+
+
+def per_user(ranks: dict[str, Rank], users: list[str], metric: str) -> np.ndarray:
+    """Per-user HR@k or NDCG@k (`metric` like "hr_at_10") for `users`, in that order."""
+    name, k = metric.split("_at_")
+    gains = hits_at_k if name == "hr" else ndcg_gains_at_k
+    return gains([ranks[u] for u in users], int(k))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float = 0.95) -> dict:
+    """Paired bootstrap over users of mean(a - b), for per-user outcomes of two models on the same users.
+
+    Users are resampled with replacement; each resample's mean difference forms the bootstrap
+    distribution. The interval is its percentile interval; the two-sided p-value inverts it,
+    p = min(1, 2 * min(P*(d <= 0), P*(d >= 0))) with the (count + 1) / (samples + 1) correction, so
+    identical outcomes give p = 1 and a difference no resample reverses gives p = 2 / (samples + 1).
+
+    Returns:
+        {"users", "diff", "ci95_low", "ci95_high", "p_value", "wins", "losses"}: wins / losses count
+        the users where a's outcome is above / below b's.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired outcomes need the same, non-zero number of users ({a.size} vs {b.size})")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, samples, 100):  # 100 resamples at a time bounds memory on large user sets
+        idx = rng.integers(0, diff.size, size=(min(100, samples - start), diff.size))
+        means.append(diff[idx].mean(axis=1))
+    means = np.concatenate(means)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    below, above = (np.sum(means <= 0) + 1) / (samples + 1), (np.sum(means >= 0) + 1) / (samples + 1)
+    return {"users": int(diff.size), "diff": float(diff.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "p_value": float(min(1.0, 2 * min(below, above))), "wins": int(np.sum(diff > 0)),
+            "losses": int(np.sum(diff < 0))}
+
+
+def paired_tests(results: list[ModelResult], reference: str, metrics: tuple[str, ...], samples: int,
+                 seed: int) -> dict[str, dict]:
+    """`reference` against every other model on the users both evaluated: {model: {metric: test}}."""
+    ref = next((r for r in results if r.name == reference), None)
+    if ref is None:
+        log.warning("no %r metrics file: no paired tests", reference)
+        return {}
+    out = {}
+    for other in results:
+        if other is ref:
+            continue
+        users = sorted(set(ref.ranks) & set(other.ranks))
+        if not users:
+            log.warning("%s and %s share no users: no paired test", reference, other.name)
+            continue
+        out[other.name] = {m: paired_bootstrap(per_user(ref.ranks, users, m), per_user(other.ranks, users, m),
+                                               samples, seed) for m in metrics}
+    return out
+
+
+def per_k_curves(results: list[ModelResult], max_k: int) -> list[dict]:
+    """Records {k, <model>_hr, <model>_ndcg, ...} for k = 1..max_k, from each model's predictions."""
+    rows = []
+    for k in range(1, max_k + 1):
+        row = {"k": k}
+        for r in results:
+            ranks = list(r.ranks.values())
+            row[f"{r.name}_hr"] = round(float(hits_at_k(ranks, k).mean()), 6)
+            row[f"{r.name}_ndcg"] = round(float(ndcg_gains_at_k(ranks, k).mean()), 6)
+        rows.append(row)
+    return rows
+
+
+def _interval(metrics: dict, name: str) -> str:
+    value = metrics.get(name)
+    if value is None:
+        return "n/a"
+    low, high = (metrics.get(side, {}).get(name) for side in ("ci95_low", "ci95_high"))
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]" if low is not None and high is not None else f"{value:.4f}"
+
+
+def _number(value, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+
+def _label(result: ModelResult) -> str:
+    backbone = result.metrics.get("backbone")
+    return f"{result.name} ({backbone})" if backbone else result.name
+
+
+def results_table(results: list[ModelResult]) -> list[str]:
+    """Markdown rows: model, users, the four metrics with intervals, valid-beam share, times."""
+    head = ["model", "users", *(LABELS[m] for m in METRICS), "valid beams", "train s", "eval s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        m = r.metrics
+        eval_seconds = m.get("eval_seconds", m.get("decode_seconds"))
+        cells = [_label(r), str(m.get("users", "n/a")), *(_interval(m, name) for name in METRICS),
+                 _number(m.get("valid_beam_share"), 3), _number(m.get("train_seconds"), 0), _number(eval_seconds, 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def paper_table() -> list[str]:
+    """The paper's Table 1 as markdown rows."""
+    lines = ["| dataset (paper) | model | " + " | ".join(LABELS[m] for m in METRICS) + " |", "|---" * 6 + "|"]
+    for (dataset, model), values in PAPER_TABLE_1.items():
+        lines.append(f"| {dataset} | {model} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    return lines
+
+
+def paired_table(tests: dict[str, dict], reference: str) -> list[str]:
+    """Markdown rows: per other model, reference minus it (interval, p-value) for each tested metric."""
+    metrics = list(next(iter(tests.values()))) if tests else []
+    head = ["vs", "users"]
+    for m in metrics:
+        head += [f"Δ{LABELS.get(m, m)} [95% CI]", "p"]
+    head.append(f"{reference} wins / losses ({LABELS.get(metrics[0], metrics[0]) if metrics else ''})")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, by_metric in tests.items():
+        first = by_metric[metrics[0]]
+        cells = [name, str(first["users"])]
+        for t in by_metric.values():
+            cells += [f"{t['diff']:+.4f} [{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}]", f"{t['p_value']:.4f}"]
+        cells.append(f"{first['wins']} / {first['losses']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[str, dict], reference: str,
+                    samples: int, dataset: str, figure_name: str) -> str:
+    """The whole comparison.md."""
+    protocol = results[0].metrics.get("protocol", {})
+    users = sorted({r.metrics.get("users") for r in results}, key=str)
+    parts = [
+        f"# Comparison on {dataset}", "",
+        f"Split fingerprint `{fingerprint[:16]}` (all {len(results)} metrics files agree). Evaluated on the "
+        f"`{protocol.get('split', 'test')}` items, top-{protocol.get('num_beams', 10)} over the full catalogue, "
+        f"history {'excluded' if protocol.get('exclude_history') else 'allowed'}; 95% bootstrap intervals over users.",
+        *([] if len(users) == 1 else ["", f"Models were evaluated on different numbers of users ({users}); the "
+                                      "paired tests below use only the users both models share."]), "",
+        "## This run", "", *results_table(results), "",
+        f"![HR and NDCG with 95% intervals]({figure_name})", "",
+        "## The paper's Table 1 (for orientation only)", "",
+        "Ji et al. 2023 (arXiv 2307.00457), LLaMA-7B backbone on MovieLens 25M and Amazon Toys: other datasets, "
+        "sizes and backbones than this run, so the numbers are not comparable one to one.", "",
+        *paper_table(), "",
+        f"## Paired tests against {reference}", "",
+    ]
+    if tests:
+        parts += [f"Per-user outcomes of {reference} minus each model's, on the users both evaluated; paired "
+                  f"bootstrap over users ({samples} resamples), two-sided p-value from the bootstrap distribution. "
+                  f"A positive difference means {reference} is better.", "", *paired_table(tests, reference)]
+    else:
+        parts.append(f"No paired tests: no metrics file for {reference!r}, or no other model.")
+    return "\n".join(parts) + "\n"
+
+
+def bar_chart(results: list[ModelResult], path: str | Path) -> Path:
+    """Grouped bars of the four metrics per model, with the 95% intervals as error bars (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(results)
+    x = np.arange(len(METRICS))
+    for i, r in enumerate(results):
+        m = r.metrics
+        values = np.array([m.get(name, np.nan) for name in METRICS], dtype=float)
+        low = np.array([m.get("ci95_low", {}).get(name, v) for name, v in zip(METRICS, values)], dtype=float)
+        high = np.array([m.get("ci95_high", {}).get(name, v) for name, v in zip(METRICS, values)], dtype=float)
+        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=_label(r),
+               yerr=np.vstack([values - low, high - values]), capsize=3)
+    ax.set_xticks(x, [LABELS[m] for m in METRICS])
+    ax.set_ylabel("score (95% bootstrap interval)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves_chart(rows: list[dict], models: list[str], path: str | Path) -> Path:
+    """HR@k and NDCG@k against k, one line per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    ks = [row["k"] for row in rows]
+    for ax, metric, label in zip(axes, ("hr", "ndcg"), ("HR@k", "NDCG@k")):
+        for name in models:
+            ax.plot(ks, [row[f"{name}_{metric}"] for row in rows], marker="o", label=name)
+        ax.set_xlabel("k")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

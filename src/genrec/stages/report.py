@@ -1,0 +1,87 @@
+"""Report stage: every model of the run side by side, the paper's numbers beside them, paired tests.
+
+    genrec report --metrics-dir reports/metrics --predictions-dir reports/predictions \\
+        --out reports/comparison.md --figures reports/figures --plots reports/plots/per_k.csv \\
+        [--genrec-model models/genrec]
+
+Reads every `<model>.json` metrics file and its `<model>.jsonl` predictions, refuses files from
+different splits, and writes the comparison table (markdown), a bar chart with the 95% intervals
+(`<figures>/comparison.png`) and per-k curves (`<figures>/per_k.png`, and a CSV with columns
+k, <model>_hr, <model>_ndcg for `dvc plots`). The report and figures are logged to MLflow: into the
+GenRec run when its model folder holds `mlflow_run.json`, else into a run named "report".
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from genrec import report
+from genrec.io import atomic_path
+from genrec.params import Params
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("comparison.png", "per_k.png")
+
+
+def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: Path, figures_dir: Path,
+        plots_path: Path, genrec_model_dir: Path | None = None) -> dict:
+    """Write the comparison report, its figures and the per-k curves; log them to MLflow.
+
+    Returns:
+        Paths written, by name, and the paired tests.
+
+    Raises:
+        DataError: no metrics files, files from different splits, or missing/stale predictions.
+    """
+    cfg = params.report
+    results = report.load_metrics(metrics_dir)
+    fingerprint = report.check_same_split(results)
+    report.attach_ranks(results, predictions_dir)
+    tests = report.paired_tests(results, cfg.reference, ("hr_at_10", "ndcg_at_10"), cfg.paired_samples, cfg.seed)
+    rows = report.per_k_curves(results, cfg.max_k)
+
+    figures_dir, out_path, plots_path = Path(figures_dir), Path(out_path), Path(plots_path)
+    with atomic_path(figures_dir) as tmp:
+        tmp.mkdir()
+        report.bar_chart(results, tmp / FIGURES[0])
+        report.curves_chart(rows, [r.name for r in results], tmp / FIGURES[1])
+    figure_link = Path(_relative(figures_dir / FIGURES[0], out_path.parent)).as_posix()
+    text = report.render_markdown(results, fingerprint, tests, cfg.reference, cfg.paired_samples, params.dataset,
+                                  figure_link)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    with atomic_path(plots_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("compared %s -> %s", ", ".join(r.name for r in results), out_path)
+    written = {"report": out_path, "figures": [figures_dir / name for name in FIGURES], "plots": plots_path}
+    log_to_mlflow(params, written, genrec_model_dir)
+    return {**written, "models": [r.name for r in results], "paired_tests": tests}
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), start.resolve())
+
+
+def log_to_mlflow(params: Params, written: dict, genrec_model_dir: Path | None) -> str:
+    """Log the report, figures and curves as artifacts under `report/`; returns the run id."""
+    import mlflow
+
+    from genrec import tracking
+
+    run_id = None
+    if genrec_model_dir is not None and (Path(genrec_model_dir) / tracking.RUN_FILE).exists():
+        run_id = tracking.read_run_id(genrec_model_dir)
+    with tracking.start_or_resume_run(params, run_id=run_id, run_name=None if run_id else "report") as run:
+        if run_id is None:
+            mlflow.set_tag("genrec.family", "report")
+        for path in (written["report"], *written["figures"], written["plots"]):
+            mlflow.log_artifact(str(path), artifact_path="report")
+        log.info("logged the report to MLflow run %s", run.info.run_id)
+        return run.info.run_id

@@ -1,0 +1,98 @@
+"""The report stage end to end on two fake but well-formed evaluations (built with the real metrics code)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from genrec.errors import DataError
+from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
+from genrec.params import Params
+from genrec.stages import report as stage
+
+USERS = [f"u{i:03d}" for i in range(120)]
+
+
+def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: str = "f" * 64) -> None:
+    """metrics/<name>.json and predictions/<name>.jsonl for a model that puts the target first at `hit_rate`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in USERS:
+        target = f"t-{user}"
+        ranked = [{"title": f"Film {user} {j}", "item_ids": [f"x-{user}-{j}"], "score": -float(j)} for j in range(10)]
+        if rng.random() < hit_rate:
+            ranked[int(rng.integers(0, 10))]["item_ids"] = [target]
+        rows.append({"user_id": user, "target_item_id": target, "target_title": "T", "ranked": ranked})
+    ranks = [target_rank([e["item_ids"] for e in r["ranked"]], r["target_item_id"]) for r in rows]
+    metrics = ranking_metrics(ranks, [5, 10], 200, 0)
+    metrics.update(integrity_metrics([[e["title"] for e in r["ranked"]] for r in rows], 10))
+    metrics.update({"model": name, "users": len(rows), "split_fingerprint": fingerprint,
+                    "protocol": {"split": "test", "num_beams": 10, "exclude_history": True},
+                    "train_seconds": 12.0, "eval_seconds": 3.0})
+    (folder / "metrics").mkdir(exist_ok=True)
+    (folder / "predictions").mkdir(exist_ok=True)
+    (folder / "metrics" / f"{name}.json").write_text(json.dumps(metrics))
+    (folder / "predictions" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def params(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    base = Params()
+    return dataclasses.replace(base, tracking=dataclasses.replace(base.tracking, uri=f"sqlite:///{tmp_path}/mlflow.db"),
+                               report=dataclasses.replace(base.report, paired_samples=500))
+
+
+def run(params, tmp_path):
+    return stage.run(params, metrics_dir=tmp_path / "metrics", predictions_dir=tmp_path / "predictions",
+                     out_path=tmp_path / "comparison.md", figures_dir=tmp_path / "figures",
+                     plots_path=tmp_path / "plots" / "per_k.csv")
+
+
+def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1)
+    fake_evaluation(tmp_path, "mostpop", hit_rate=0.1, seed=2)
+    (tmp_path / "metrics" / "notes.json").write_text(json.dumps({"comment": "no ranking metrics"}))
+    out = run(params, tmp_path)
+
+    assert out["models"] == ["genrec", "mostpop"]
+    text = (tmp_path / "comparison.md").read_text()
+    for expected in ("| genrec | 120 |", "| mostpop | 120 |", "The paper's Table 1", "0.1311",
+                     "Paired tests against genrec", "| mostpop | 120 | +0.", "p |"):
+        assert expected in text
+    test = out["paired_tests"]["mostpop"]["hr_at_10"]
+    assert test["diff"] > 0.3 and test["p_value"] < 0.01
+    assert all((tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG" for name in stage.FIGURES)
+    with (tmp_path / "plots" / "per_k.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["k"]) for r in rows] == list(range(1, 11))
+    assert float(rows[-1]["genrec_hr"]) == pytest.approx(json.loads((tmp_path / "metrics" / "genrec.json").read_text())
+                                                          ["hr_at_10"], abs=1e-6)
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["genrec-ml-latest-small"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.tags["genrec.family"] == "report"
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "report")}
+    assert logged == {"report/comparison.md", "report/comparison.png", "report/per_k.png", "report/per_k.csv"}
+
+
+def test_report_refuses_metrics_from_another_split(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.5, seed=1)
+    fake_evaluation(tmp_path, "sasrec", hit_rate=0.5, seed=2, fingerprint="0" * 64)
+    with pytest.raises(DataError, match=r"sasrec\.json.*another split than .*genrec\.json"):
+        run(params, tmp_path)
+    assert not (tmp_path / "comparison.md").exists() and not (tmp_path / "figures").exists()
+
+
+def test_report_refuses_stale_predictions(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.5, seed=1)
+    path = tmp_path / "predictions" / "genrec.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DataError, match="119 users, but .*genrec.json reports 120"):
+        run(params, tmp_path)

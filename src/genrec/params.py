@@ -29,9 +29,13 @@ class IngestParams:
     """Archive URL for datasets without an official one."""
     sha256: str | None = None
     """Expected sha256 of the archive at `url`; None records the first download's hash."""
+    drop_untitled: bool = False
+    """Drop items without a title (and their interactions) instead of failing; Amazon metadata needs it."""
 
     def problems(self) -> list[str]:
         out = []
+        if not isinstance(self.drop_untitled, bool):
+            out.append("ingest.drop_untitled: expected true or false")
         if self.format not in INGEST_FORMATS:
             out.append(f"ingest.format={self.format!r}: use one of {', '.join(INGEST_FORMATS)}")
         if self.sha256 is not None and (len(self.sha256) != 64 or not _is_hex(self.sha256)):
@@ -95,6 +99,8 @@ class ModelParams:
     """`pretrained` weights, or `random` (same architecture, random weights: benchmarks only)."""
     dtype: str = "bfloat16"
     """dtype of the written checkpoint."""
+    seed: int = 0
+    """Seed for the weights of `init: random`."""
 
     def problems(self) -> list[str]:
         out = []
@@ -104,6 +110,352 @@ class ModelParams:
             out.append(f"model.init={self.init!r}: use one of {', '.join(MODEL_INITS)}")
         if self.dtype not in DTYPES:
             out.append(f"model.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            out.append("model.seed: expected an integer")
+        return out
+
+
+RESUME_MODES = ("auto", "never")
+BF16_MODES = ("auto", True, False)
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int = 8
+    """LoRA rank (GenRec reference: 8)."""
+    alpha: int = 16
+    """LoRA scaling numerator: the update is scaled by alpha / r (reference: 16)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input (reference: 0.05)."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Names of the linear layers that get adapters (reference: q_proj, v_proj)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("r", "alpha"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                out.append(f"train.lora.{key}: expected an integer >= 1")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            out.append("train.lora.dropout: expected a number in [0, 1)")
+        if (not isinstance(self.target_modules, (list, tuple)) or not self.target_modules
+                or not all(isinstance(m, str) and m for m in self.target_modules)):
+            out.append("train.lora.target_modules: expected a non-empty list of module names, e.g. [q_proj, v_proj]")
+        return out
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 42
+    """Seed for LoRA init, data order and the train/valid subsamples."""
+    epochs: float = 1.0
+    """Passes over the (subsampled) training prompts (reference: 5)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
+    max_train_samples: int | None = 960
+    """Seeded subsample of the training prompts (sizes the CPU run); None uses them all."""
+    max_valid_samples: int | None = 64
+    """Seeded subsample of the valid prompts for the validation loss; None uses them all."""
+    batch_size: int = 8
+    """Effective batch: micro_batch_size x processes x gradient accumulation (reference: 128)."""
+    micro_batch_size: int = 8
+    """Sequences per process per forward pass (reference: 4)."""
+    learning_rate: float = 3.0e-4
+    """Peak AdamW learning rate (reference: 3e-4)."""
+    warmup: float = 0.05
+    """Warm-up: a number of steps if >= 1, else a fraction of all steps."""
+    lr_scheduler: str = "linear"
+    """Decay after warm-up (transformers scheduler name)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    optimizer: str = "adamw_torch"
+    """transformers `optim` name; AdamW as in the paper."""
+    max_seq_length: int = 256
+    """Prompt + completion + EOS tokens; the oldest history titles are dropped to fit (reference: 256)."""
+    bf16: str | bool = "auto"
+    """bf16 autocast: auto (when the GPU or CPU supports it) | true | false."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass (saves memory, costs time; was `gradient_checkpointing`)."""
+    completion_logits_only: bool = True
+    """Project only completion positions through the LM head (TRL does so on GPUs; this extends it to CPUs)."""
+    logging_steps: int = 5
+    """Log the training loss every this many optimizer steps."""
+    eval_steps: int | None = 50
+    """Validation loss every this many steps (and always at the end); None: only at the end."""
+    save_steps: int = 25
+    """Checkpoint (for resume) every this many optimizer steps."""
+    save_total_limit: int = 2
+    """Checkpoints kept in <out>.checkpoints/."""
+    resume: str = "auto"
+    """auto: continue from the last checkpoint of the same configuration | never: start fresh."""
+    accelerate_profile: str = "cpu"
+    """configs/accelerate/<profile>.yaml (cpu | 1gpu | 4gpu | fsdp) or a path to a YAML file."""
+    lora: LoraParams = field(default_factory=LoraParams)
+
+    def problems(self) -> list[str]:
+        out = []
+        positive = ("batch_size", "micro_batch_size", "max_seq_length", "logging_steps", "save_steps",
+                    "save_total_limit")
+        optional = ("max_steps", "max_train_samples", "max_valid_samples", "eval_steps")
+        for key in positive + optional:
+            value = getattr(self, key)
+            if (value is not None or key in positive) and (not isinstance(value, int) or value < 1):
+                out.append(f"train.{key}: expected an integer >= 1" + (" or null" if key in optional else ""))
+        if not out and self.batch_size % self.micro_batch_size:
+            out.append("train.batch_size: expected a multiple of train.micro_batch_size")
+        for key in ("epochs", "learning_rate"):
+            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) <= 0:
+                out.append(f"train.{key}: expected a number > 0")
+        if not isinstance(self.warmup, (int, float)) or self.warmup < 0:
+            out.append("train.warmup: expected steps (>= 1) or a fraction of all steps (< 1)")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            out.append("train.weight_decay: expected a number >= 0")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            out.append(f"train.lr_scheduler={self.lr_scheduler!r}: use one of {', '.join(LR_SCHEDULERS)}")
+        if not isinstance(self.optimizer, str) or not self.optimizer.startswith("adamw"):
+            out.append(f"train.optimizer={self.optimizer!r}: expected an AdamW variant, e.g. adamw_torch")
+        if self.bf16 not in BF16_MODES:
+            out.append(f"train.bf16={self.bf16!r}: use auto, true or false")
+        if self.resume not in RESUME_MODES:
+            out.append(f"train.resume={self.resume!r}: use one of {', '.join(RESUME_MODES)}")
+        if not isinstance(self.accelerate_profile, str) or not self.accelerate_profile:
+            out.append("train.accelerate_profile: expected a profile name (cpu | 1gpu | 4gpu | fsdp) or a YAML path")
+        return out + self.lora.problems()
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI; the environment variable MLFLOW_TRACKING_URI overrides it."""
+    artifact_root: str | None = None
+    """Folder for run artifacts; None: `mlartifacts/` beside a SQLite database (the server decides otherwise)."""
+    experiment_prefix: str = "genrec"
+    """Experiments are named <prefix>-<dataset>, one per dataset."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.uri, str) or not self.uri:
+            out.append("tracking.uri: expected an MLflow tracking URI, e.g. sqlite:///mlflow.db")
+        if not isinstance(self.experiment_prefix, str) or not self.experiment_prefix:
+            out.append("tracking.experiment_prefix: expected a non-empty name")
+        return out
+
+
+EVAL_SPLITS = ("test", "valid")
+EARLY_STOPPING = (False, True, "never")
+EVAL_DTYPES = ("auto", "bfloat16", "float32", "float16")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    split: str = "test"
+    """Prompt records to evaluate: test | valid."""
+    k: list[int] = field(default_factory=lambda: [5, 10])
+    """Cut-offs for HR@k and NDCG@k; the largest must not exceed num_beams."""
+    num_beams: int = 10
+    """Beams of the search; each user's ranked list holds its num_beams finished titles (paper: 10)."""
+    constrained: bool = True
+    """Constrain beams to catalogue titles (prefix trie); false: the paper's free generation + exact match."""
+    exclude_history: bool = True
+    """Constrained only: never recommend a title whose items the user already has (train, and valid for test)."""
+    max_users: int | None = None
+    """Evaluate a seeded sample of this many users (quick runs); None: every user."""
+    seed: int = 42
+    """Seed of the user sample and of the bootstrap."""
+    batch_size: int = 16
+    """Users decoded together (each prefilled once, then num_beams rows per user)."""
+    max_prompt_tokens: int = 256
+    """Prompt token budget (the paper's max input); the oldest history titles are dropped to fit."""
+    length_penalty: float = 1.0
+    """Finished beams are ranked by sum(log p) / length**length_penalty (HF semantics; 0 = plain likelihood)."""
+    early_stopping: bool | str = False
+    """HF beam stopping rule: false (heuristic, HF default) | true (stop at num_beams finished) | never."""
+    max_new_tokens: int | None = None
+    """Generated-token cap; None: the longest catalogue title + EOS, so no title is cut off."""
+    bootstrap_samples: int = 1000
+    """Resamples of users for the 95% intervals."""
+    dtype: str = "auto"
+    """Compute dtype: auto (the checkpoint's) | bfloat16 | float32 | float16."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.split not in EVAL_SPLITS:
+            out.append(f"eval.split={self.split!r}: use one of {', '.join(EVAL_SPLITS)}")
+        positive = ("num_beams", "batch_size", "max_prompt_tokens", "bootstrap_samples")
+        optional = ("max_users", "max_new_tokens")
+        for key in positive + optional:
+            value = getattr(self, key)
+            if (value is not None or key in positive) and (not _is_int(value) or value < 1):
+                out.append(f"eval.{key}: expected an integer >= 1" + (" or null" if key in optional else ""))
+        if (not isinstance(self.k, (list, tuple)) or not self.k or not all(_is_int(k) and k >= 1 for k in self.k)):
+            out.append("eval.k: expected a non-empty list of integers >= 1, e.g. [5, 10]")
+        elif _is_int(self.num_beams) and max(self.k) > self.num_beams:
+            out.append(f"eval.k: the largest cut-off {max(self.k)} exceeds eval.num_beams={self.num_beams}")
+        for key in ("constrained", "exclude_history"):
+            if not isinstance(getattr(self, key), bool):
+                out.append(f"eval.{key}: expected true or false")
+        if not _is_int(self.seed):
+            out.append("eval.seed: expected an integer")
+        if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
+            out.append("eval.length_penalty: expected a number (1.0: HF default, 0.0: plain likelihood)")
+        if self.early_stopping not in EARLY_STOPPING or (self.early_stopping in (0, 1)
+                                                          and not isinstance(self.early_stopping, bool)):
+            out.append(f"eval.early_stopping={self.early_stopping!r}: use false, true or never")
+        if self.dtype not in EVAL_DTYPES:
+            out.append(f"eval.dtype={self.dtype!r}: use one of {', '.join(EVAL_DTYPES)}")
+        return out
+
+
+P5_INDEXINGS = ("random", "sequential")
+
+
+@dataclass(frozen=True)
+class P5Params:
+    backbone: str = "scratch"
+    """`scratch` (offline default: a shrunk T5-small-shaped model, random init, own tokenizer), `t5-small`,
+    or any T5 HF id / local dir."""
+    indexing: str = "random"
+    """Item ids: `random` (seeded permutation) | `sequential` (order of first appearance in TRAINING data)."""
+    seed: int = 42
+    """Seed of the random indexing, the phrasing choice, the weight init and the data order."""
+    max_history: int | None = None
+    """Latest history items in a prompt; None: prompts.max_history (ids are one token each, so more fit)."""
+    max_input_tokens: int = 256
+    """Encoder token budget; the oldest history items are dropped to fit."""
+    d_model: int = 256
+    """Scratch only: hidden size (T5-small: 512)."""
+    d_ff: int = 1024
+    """Scratch only: feed-forward size (T5-small: 2048)."""
+    num_layers: int = 4
+    """Scratch only: encoder layers, and as many decoder layers (T5-small: 6)."""
+    num_heads: int = 4
+    """Scratch only: attention heads of d_kv = d_model / num_heads each (T5-small: 8 x 64)."""
+    dropout: float = 0.1
+    """Dropout rate (T5's default)."""
+    epochs: int = 10
+    """Passes over the training prompts."""
+    batch_size: int = 64
+    """Prompts per optimizer step."""
+    learning_rate: float = 1.0e-3
+    """Peak AdamW learning rate (P5: 1e-3)."""
+    warmup: float = 0.05
+    """Linear warm-up: steps if >= 1, else a fraction of all steps; then linear decay to 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    logging_steps: int = 20
+    """Log the training loss every this many steps."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.backbone, str) or not self.backbone:
+            out.append("p5.backbone: expected scratch, t5-small, a T5 HF model id or a local directory")
+        if self.indexing not in P5_INDEXINGS:
+            out.append(f"p5.indexing={self.indexing!r}: use one of {', '.join(P5_INDEXINGS)}")
+        if not _is_int(self.seed):
+            out.append("p5.seed: expected an integer")
+        if self.max_history is not None and (not _is_int(self.max_history) or self.max_history < 1):
+            out.append("p5.max_history: expected an integer >= 1 or null")
+        for key in ("max_input_tokens", "d_model", "d_ff", "num_layers", "num_heads", "epochs", "batch_size",
+                    "logging_steps"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                out.append(f"p5.{key}: expected an integer >= 1")
+        if not out and self.d_model % self.num_heads:
+            out.append("p5.d_model: expected a multiple of p5.num_heads")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            out.append("p5.dropout: expected a number in [0, 1)")
+        if not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
+            out.append("p5.learning_rate: expected a number > 0")
+        for key in ("warmup", "weight_decay"):
+            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
+                out.append(f"p5.{key}: expected a number >= 0")
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+SASREC_SELECT = ("hr_at_10", "ndcg_at_10")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SasrecParams:
+    seed: int = 42
+    """Seed for the weights, the window order and dropout."""
+    max_len: int = 50
+    """Items of history the model reads (left-padded); longer training sequences are cut into windows."""
+    hidden: int = 64
+    """Item/position embedding and hidden size (SASRec paper: 50)."""
+    blocks: int = 2
+    """Self-attention blocks (SASRec paper: 2)."""
+    heads: int = 1
+    """Attention heads (SASRec paper: 1)."""
+    dropout: float = 0.2
+    """Dropout on embeddings, attention and feed-forward (SASRec paper: 0.2 on MovieLens)."""
+    batch_size: int = 128
+    """Training windows per step."""
+    learning_rate: float = 3.0e-3
+    """AdamW learning rate (SASRec paper: 0.001; full-catalogue cross-entropy converges faster at 0.003)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_epochs: int = 20
+    """Upper bound on passes over the training windows (ml-latest-small plateaus near 20)."""
+    patience: int = 3
+    """Stop after this many epochs without a better validation score; the best epoch's weights are kept."""
+    select_metric: str = "ndcg_at_10"
+    """Validation metric for early stopping and model selection: hr_at_10 | ndcg_at_10."""
+    bf16: bool = True
+    """bf16 autocast in training (about 1.5x faster on these CPUs); scoring stays float32."""
+    device: str = "auto"
+    """auto (cuda when available) | cpu | cuda."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("max_len", "hidden", "blocks", "heads", "batch_size", "max_epochs", "patience"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                out.append(f"sasrec.{key}: expected an integer >= 1")
+        if not out and self.hidden % self.heads:
+            out.append("sasrec.hidden: expected a multiple of sasrec.heads")
+        if not _is_int(self.seed):
+            out.append("sasrec.seed: expected an integer")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            out.append("sasrec.dropout: expected a number in [0, 1)")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            out.append("sasrec.learning_rate: expected a number > 0")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or self.weight_decay < 0:
+            out.append("sasrec.weight_decay: expected a number >= 0")
+        if self.select_metric not in SASREC_SELECT:
+            out.append(f"sasrec.select_metric={self.select_metric!r}: use one of {', '.join(SASREC_SELECT)}")
+        if self.device not in DEVICES:
+            out.append(f"sasrec.device={self.device!r}: use one of {', '.join(DEVICES)}")
+        if not isinstance(self.bf16, bool):
+            out.append("sasrec.bf16: expected true or false")
+        return out
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    reference: str = "genrec"
+    """Model the paired tests compare every other model against."""
+    paired_samples: int = 10000
+    """Bootstrap resamples of users for the paired tests (p-values resolve down to 1/(samples+1))."""
+    seed: int = 42
+    """Seed of the paired bootstrap."""
+    max_k: int = 10
+    """Per-k curves (HR@k, NDCG@k) run over k = 1..max_k."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.reference, str) or not self.reference:
+            out.append("report.reference: expected a model name, e.g. genrec")
+        for key in ("paired_samples", "max_k"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                out.append(f"report.{key}: expected an integer >= 1")
+        if not _is_int(self.seed):
+            out.append("report.seed: expected an integer")
         return out
 
 
@@ -115,6 +467,12 @@ class Params:
     split: SplitParams = field(default_factory=SplitParams)
     prompts: PromptsParams = field(default_factory=PromptsParams)
     model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+    p5: P5Params = field(default_factory=P5Params)
+    sasrec: SasrecParams = field(default_factory=SasrecParams)
+    report: ReportParams = field(default_factory=ReportParams)
 
     def problems(self) -> list[str]:
         out = [] if self.dataset and "/" not in self.dataset else ["dataset: expected a plain name"]

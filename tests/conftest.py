@@ -22,3 +22,17 @@ def data_mirror() -> Path:
     if not (mirror / "ml-latest-small" / "ratings.csv").exists():
         pytest.fail(f"no ml-latest-small under {mirror}: set GENREC_DATA_MIRROR to the shared data folder")
     return mirror.resolve()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_mlflow_uri():
+    """Each test module starts without MLFLOW_TRACKING_URI.
+
+    `mlflow.set_tracking_uri` exports that variable, and genrec lets it override `tracking.uri`, so
+    without this a store set up by one module would silently receive the next module's runs.
+    """
+    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before

@@ -7,6 +7,7 @@ commands so that `genrec --help` stays instant. `dvc.yaml` calls these commands 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -220,6 +221,96 @@ def sasrec(params_path, overrides, **paths):
 def report(params_path, overrides, **paths):
     """Comparison table (with the paper's numbers), paired tests, figures and per-k curves."""
     run_stage("report", params_path, overrides, **paths)
+
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@click.option("--model", "model_dir", required=True, type=folder(exists=True),
+              help="Folder written by `genrec train` (adapter, tokenizer, template, mlflow_run.json).")
+@click.option("--base", "base_dir", required=True, type=folder(exists=True),
+              help="Backbone checkpoint the adapter was trained on.")
+@processed_option
+@click.option("--valid-metrics", "valid_metrics_path", required=True, type=file(),
+              help="Metrics of `genrec evaluate` with eval.split=valid: promotion compares their NDCG@10.")
+@click.option("--test-metrics", "test_metrics_path", required=True, type=file(),
+              help="Metrics of `genrec evaluate` on test: recorded as version tags, never compared.")
+@click.option("--out", "out_path", required=True, type=file(), help="JSON report: who was champion, who is, and why.")
+def promote(params_path, overrides, **paths):
+    """Register the adapter as a pyfunc model version and move `champion` to the best by validation NDCG@10."""
+    run_stage("promote", params_path, overrides, **paths)
+
+
+@main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@click.option("--model", "model_uri", default=None, metavar="URI",
+              help="MLflow model URI [default: models:/<prefix>-<dataset>@champion].")
+@click.option("--history", multiple=True, metavar="TITLE",
+              help='A title the user watched, oldest first; repeat it, e.g. --history "Toy Story (1995)".')
+@click.option("--user", "user_id", default=None, metavar="ID",
+              help="Use this user's whole sequence from the split (train, valid, test) as the history.")
+@click.option("--processed", "processed_dir", default=None, type=folder(),
+              help="Split folder for --user [default: data/processed/<dataset>].")
+@click.option("-k", "--top-k", "k", type=click.IntRange(1, 100), default=None,
+              help="Titles to return [default: eval.num_beams].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def recommend(params_path, overrides, model_uri, history, user_id, processed_dir, k, as_json):
+    """Top-k next titles for a history, from a registered GenRec model (the champion by default)."""
+    params = load(params_path, overrides)
+    if bool(history) == bool(user_id):
+        raise click.UsageError("give the history with --history TITLE (repeatable) or --user ID, not both")
+    from genrec import registry
+    from genrec.errors import DataError
+    from genrec.recommend import user_history
+
+    model_uri = model_uri or registry.champion_uri(params)
+    if user_id is not None:
+        try:
+            history = user_history(processed_dir or Path("data/processed") / params.dataset, user_id)
+        except DataError as err:
+            raise click.ClickException(str(err)) from None
+    result = _predict(params, model_uri, list(history), k)
+    entries = zip(result["titles"], result["scores"], result["item_ids"])
+    ranked = [{"rank": rank, "title": title, "score": score, "item_ids": list(ids)}
+              for rank, (title, score, ids) in enumerate(entries, 1)]
+    if as_json:
+        click.echo(json.dumps({"model": model_uri, "history": list(history), "recommendations": ranked,
+                               "unknown": list(result["unknown"])}, ensure_ascii=False, indent=2))
+        return
+    for unknown in result["unknown"]:
+        closest = ", ".join(f'"{s}"' for s in unknown["suggestions"]) or "none close"
+        click.echo(f'warning: "{unknown["title"]}" is not in the catalogue and was left out; closest: {closest}',
+                   err=True)
+    used = len(history) - len(result["unknown"])
+    click.echo(f"Top {len(ranked)} from {model_uri} after {used} history title(s) (score: length-normalised log-prob):")
+    for entry in ranked:
+        click.echo(f"{entry['rank']:>3}. {entry['title']}  ({entry['score']:.4f})")
+
+
+def _predict(params, model_uri: str, history: list[str], k: int | None) -> dict:
+    """Load `model_uri` and rank titles for one history; MLflow errors become one-line CLI errors."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from genrec import registry
+    from genrec.errors import DataError
+
+    registry.client(params)  # points MLflow at the project's tracking store
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as err:
+        message = getattr(err, "message", None) or str(err)
+        raise click.ClickException(f"cannot load model {model_uri}: {message.splitlines()[0]}. Run `genrec promote` "
+                                   "(dvc repro promote) first, or pass --model with an existing URI") from None
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        frame = model.predict(pd.DataFrame({"history": [history]}), params={"k": k} if k else None)
+    except MlflowException as err:
+        raise click.ClickException(err.message.split("Error: ")[-1].strip()) from None
+    return frame.iloc[0].to_dict()
 
 
 if __name__ == "__main__":

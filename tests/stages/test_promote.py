@@ -1,0 +1,167 @@
+"""The promote stage against a real MLflow registry (SQLite in tmp) with real tiny adapters.
+
+One module fixture plays a sequence of promotions, recording each report and the registry state:
+  first   valid NDCG 0.5                -> version 1, champion (no champion before)
+  again   the same adapter, same files  -> no new version, nothing moves
+  better  valid NDCG 1.0, test worse    -> version 2 takes the alias
+  tie     valid NDCG 1.0                -> version 3, champion stays 2
+  worse   valid NDCG 0.32, test perfect -> version 4, champion stays 2 (test metrics never choose)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from genrec import registry, tracking
+from genrec.errors import DataError
+from genrec.io import fingerprint
+
+
+def _load_tiny():
+    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parents[1] / "tiny_genrec.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny = _load_tiny()
+NAME = "genrec-tiny"
+
+
+def state(w) -> dict:
+    """Registry state: versions with their tags and timestamps, and the champion."""
+    mlc = registry.client(w["params"])
+    versions = {str(v.version): (dict(v.tags), v.last_updated_timestamp)
+                for v in mlc.search_model_versions(f"name='{NAME}'")}
+    return {"versions": versions, "champion": str(mlc.get_model_version_by_alias(NAME, registry.CHAMPION).version)}
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    w = tiny.world(tmp_path_factory.mktemp("promote"))
+    steps = {}
+    steps["first"] = tiny.promote(w, "first", 1, valid_ranks=[1, None], test_ranks=[1, 1])
+    steps["first_state"] = state(w)
+    steps["again"] = tiny.promote(w, "again", 1, valid_ranks=[1, None], test_ranks=[1, 1],
+                                  model_dir=w["tmp"] / "first" / "model")
+    steps["again_state"] = state(w)
+    steps["better"] = tiny.promote(w, "better", 2, valid_ranks=[1, 1], test_ranks=[None, None])
+    steps["tie"] = tiny.promote(w, "tie", 3, valid_ranks=[1, 1], test_ranks=[None, 2])
+    steps["worse"] = tiny.promote(w, "worse", 4, valid_ranks=[2, None], test_ranks=[1, 1])
+    steps["final_state"] = state(w)
+    return w, steps
+
+
+def test_first_registration_creates_a_version_with_its_tags_and_makes_it_champion(history):
+    w, steps = history
+    report = steps["first"]
+    assert report["this_version"]["version"] == 1 and report["this_version"]["created"]
+    assert report["previous_champion"] is None and report["champion"]["version"] == 1 and report["moved"]
+    tags, _ = steps["first_state"]["versions"]["1"]
+    valid = json.loads((w["tmp"] / "first" / "valid.json").read_text())
+    test = json.loads((w["tmp"] / "first" / "test.json").read_text())
+    for split, metrics in (("valid", valid), ("test", test)):
+        for name in ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"):
+            assert float(tags[f"{split}.{name}"]) == metrics[name]
+    assert tags["valid.ndcg_at_10"] == repr(0.5) and tags["test.hr_at_10"] == repr(1.0)
+    processed = w["processed"]
+    assert tags["split_fingerprint"] == fingerprint(*(processed / f"{s}.parquet" for s in ("train", "valid", "test")))
+    assert tags["valid_protocol"] == registry.protocol_hash(valid["protocol"])
+    run = registry.client(w["params"]).get_run(tracking.read_run_id(w["tmp"] / "first" / "model"))
+    assert tags["git_commit"] == run.data.tags.get("mlflow.source.git.commit", tracking.git_commit() or "unknown")
+    assert tags["backbone"] == "smollm2-135m-instruct" and tags["backbone_model_type"] == "llama"
+    assert tags["backbone_sha256"] == tracking.sha256_path(w["base"])
+    assert tags["adapter_sha256"] == registry.adapter_hash(w["tmp"] / "first" / "model")
+    mlc = registry.client(w["params"])
+    run_id = tracking.read_run_id(w["tmp"] / "first" / "model")
+    assert mlc.get_model_version(NAME, "1").run_id == run_id == report["champion"]["run_id"]
+    assert json.loads((w["tmp"] / "first" / "promotion.json").read_text()) == report
+
+
+def test_running_twice_changes_nothing(history):
+    _, steps = history
+    assert steps["again_state"] == steps["first_state"]
+    again = steps["again"]
+    assert not again["this_version"]["created"] and not again["moved"]
+    assert again["previous_champion"]["version"] == again["champion"]["version"] == 1
+
+
+def test_better_validation_ndcg_moves_the_champion_even_with_worse_test_metrics(history):
+    _, steps = history
+    better = steps["better"]
+    assert better["this_version"]["version"] == 2
+    assert (better["previous_champion"]["version"], better["champion"]["version"], better["moved"]) == (1, 2, True)
+    assert better["champion"]["test.hr_at_10"] == 0.0 < better["previous_champion"]["test.hr_at_10"]
+
+
+def test_a_tie_keeps_the_champion(history):
+    _, steps = history
+    tie = steps["tie"]
+    assert tie["this_version"]["version"] == 3 and tie["this_version"]["valid.ndcg_at_10"] == 1.0
+    assert (tie["champion"]["version"], tie["moved"]) == (2, False) and "ties" in tie["reason"]
+
+
+def test_a_worse_newcomer_does_not_take_it_whatever_its_test_metrics(history):
+    _, steps = history
+    worse = steps["worse"]
+    assert worse["this_version"]["version"] == 4 and worse["this_version"]["test.ndcg_at_10"] == 1.0
+    assert (worse["champion"]["version"], worse["moved"]) == (2, False)
+    assert steps["final_state"]["champion"] == "2" and sorted(steps["final_state"]["versions"]) == ["1", "2", "3", "4"]
+    assert [v["version"] for v in worse["versions"]] == [1, 2, 3, 4]
+
+
+def test_the_backbone_is_uploaded_once_for_all_versions(history):
+    w, _ = history
+    mlc = registry.client(w["params"])
+    experiment = mlc.get_experiment_by_name("genrec-backbones")
+    assert len(mlc.search_runs([experiment.experiment_id])) == 1
+
+
+@pytest.mark.parametrize("problem", ["missing file", "missing metric", "test metrics as valid", "nan"])
+def test_missing_validation_metric_is_refused_before_anything_is_registered(history, problem):
+    w, _ = history
+    folder = w["tmp"] / "refused"
+    folder.mkdir(exist_ok=True)
+    model_dir = folder / "model"
+    if not model_dir.exists():
+        tiny.write_adapter(model_dir, w["base"], w["params"], seed=9)
+    before = state(w)
+    tiny.write_metrics(folder / "test.json", "test", [1, None])
+    valid = folder / "valid_bad.json"
+    valid.unlink(missing_ok=True)
+    if problem != "missing file":
+        metrics = tiny.write_metrics(valid, "test" if problem == "test metrics as valid" else "valid", [1, None])
+        if problem == "missing metric":
+            metrics.pop("ndcg_at_10")
+        if problem == "nan":
+            metrics["ndcg_at_10"] = float("nan")
+        valid.write_text(json.dumps(metrics))
+    from genrec.stages import promote
+
+    with pytest.raises(DataError) as err:
+        promote.run(w["params"], model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
+                    valid_metrics_path=valid, test_metrics_path=folder / "test.json", out_path=folder / "p.json")
+    message = str(err.value)
+    assert str(valid) in message and "evaluate_valid" in message and "\n" not in message
+    assert state(w) == before and not (folder / "p.json").exists()
+
+
+def test_an_adapter_of_another_dataset_is_refused(history, tmp_path):
+    import shutil
+
+    from genrec.stages import promote
+
+    w, _ = history
+    model_dir = tmp_path / "model"
+    shutil.copytree(w["tmp"] / "first" / "model", model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["params"]["dataset"] = "ml-25m"
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="trained on dataset 'ml-25m', not 'tiny'"):
+        promote.run(w["params"], model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
+                    valid_metrics_path=w["tmp"] / "first" / "valid.json",
+                    test_metrics_path=w["tmp"] / "first" / "test.json", out_path=tmp_path / "p.json")

@@ -1,0 +1,157 @@
+"""The promotion rule (pure), the backbone reference and its hash check, and the registered pyfunc itself.
+
+The pyfunc tests register one real tiny adapter through the promote stage (MLflow on SQLite in tmp) and
+load it back by its alias URI, as `genrec recommend` and `mlflow models serve` do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from genrec import registry, tracking
+from genrec.errors import DataError
+
+
+def _load_tiny():
+    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parent / "tiny_genrec.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny = _load_tiny()
+
+
+def version(number: int, ndcg: float | None, split: str = "s1", protocol: str = "p1"):
+    tags = {"split_fingerprint": split, "valid_protocol": protocol}
+    if ndcg is not None:
+        tags[registry.SELECT_TAG] = repr(ndcg)
+    return SimpleNamespace(version=str(number), tags=tags)
+
+
+def test_first_champion_is_the_best_comparable_version_and_ties_go_to_the_older():
+    v1, v2, v3, other = version(1, 0.2), version(2, 0.3), version(3, 0.3), version(4, 0.9, split="s2")
+    decision = registry.choose_champion([v1, v2, v3, other], None, v3)
+    assert (decision.previous, decision.champion, decision.moved) == (None, "2", True)
+
+
+def test_a_strictly_better_validation_score_takes_the_alias():
+    v1, v2 = version(1, 0.2), version(2, 0.25)
+    decision = registry.choose_champion([v1, v2], v1, v2)
+    assert (decision.previous, decision.champion, decision.moved) == ("1", "2", True)
+    assert "better" in decision.reason
+
+
+def test_a_tie_keeps_the_champion():
+    v1, v2 = version(1, 0.2), version(2, 0.2)
+    decision = registry.choose_champion([v1, v2], v1, v2)
+    assert (decision.champion, decision.moved) == ("1", False) and "ties" in decision.reason
+
+
+def test_a_worse_newcomer_never_takes_it_even_when_an_older_version_was_manually_made_champion():
+    v1, v2, v3 = version(1, 0.3), version(2, 0.1), version(3, 0.2)
+    assert registry.choose_champion([v1, v2, v3], v1, v3).champion == "1"
+    manual = registry.choose_champion([v1, v2, v3], v2, v3)  # someone moved it to a worse one by hand
+    assert (manual.champion, manual.moved) == ("1", True)
+
+
+def test_versions_validated_on_another_split_or_protocol_are_not_compared():
+    champion, newcomer = version(1, 0.1, split="old"), version(2, 0.9, split="new")
+    decision = registry.choose_champion([champion, newcomer], champion, newcomer)
+    assert (decision.champion, decision.moved) == ("1", False) and "not comparable" in decision.reason
+    champion, newcomer = version(1, 0.1, protocol="beams10"), version(2, 0.9, protocol="beams20")
+    assert registry.choose_champion([champion, newcomer], champion, newcomer).champion == "1"
+
+
+def test_a_newcomer_without_a_validation_score_is_refused():
+    with pytest.raises(ValueError, match="no valid.ndcg_at_10"):
+        registry.choose_champion([version(1, None)], None, version(1, None))
+
+
+def test_protocol_hash_ignores_key_order_but_not_values():
+    assert registry.protocol_hash({"a": 1, "b": [5, 10]}) == registry.protocol_hash({"b": [5, 10], "a": 1})
+    assert registry.protocol_hash({"a": 1}) != registry.protocol_hash({"a": 2})
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One adapter registered and made champion by the promote stage."""
+    w = tiny.world(tmp_path_factory.mktemp("registry"))
+    w["report"] = tiny.promote(w, "first", seed=1, valid_ranks=[1, None, 4], test_ranks=[2, None, None])
+    return w
+
+
+def test_backbone_is_stored_once_outside_the_version_and_checked_by_hash(registered, tmp_path):
+    mlc = registry.client(registered["params"])
+    uri, sha256 = registry.store_backbone(registered["params"], registered["base"])  # a second call reuses it
+    assert sha256 == tracking.sha256_path(registered["base"])
+    backbones = mlc.get_experiment_by_name("genrec-backbones")
+    assert len(mlc.search_runs([backbones.experiment_id])) == 1
+    assert registry.resolve_backbone(uri, sha256).is_dir()
+    tampered = tmp_path / "backbone"
+    shutil.copytree(registry.resolve_backbone(uri, sha256), tampered)
+    (tampered / "config.json").write_text((tampered / "config.json").read_text() + " ")
+    with pytest.raises(DataError, match="differs from the registered"):
+        registry.resolve_backbone(str(tampered), sha256)
+    with pytest.raises(DataError, match="missing"):
+        registry.resolve_backbone((tmp_path / "gone").as_uri(), sha256)
+
+
+def test_a_version_bundles_adapter_catalogue_and_entry_point_but_no_backbone_and_no_pickle(registered):
+    import mlflow
+
+    mlc = registry.client(registered["params"])
+    version = mlc.get_model_version_by_alias("genrec-tiny", registry.CHAMPION)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/genrec-tiny/{version.version}"))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    names = {Path(f).name for f in files}
+    assert {"MLmodel", "genrec_model.py", "adapter_model.safetensors", "template.json", "items.parquet"} <= names
+    assert "model.safetensors" not in names and not [n for n in names if n.endswith(".pkl")], sorted(files)
+    requirements = (local / "requirements.txt").read_text()
+    assert "torch==" in requirements and "peft==" in requirements
+
+
+@pytest.fixture(scope="module")
+def pyfunc(registered):
+    import mlflow
+
+    registry.client(registered["params"])
+    return mlflow.pyfunc.load_model(registry.champion_uri(registered["params"]))
+
+
+def test_pyfunc_ranks_catalogue_titles_for_a_batch_of_histories(pyfunc):
+    frame = pd.DataFrame({"history": [["Toy Story (1995)", "Heat (1995)"], ["Heat 1995", "Casino (1995)"]]})
+    out = pyfunc.predict(frame, params={"k": 4})
+    assert list(out.columns) == ["titles", "scores", "item_ids", "unknown"] and len(out) == 2
+    for titles, scores, item_ids in zip(out["titles"], out["scores"], out["item_ids"]):
+        assert len(titles) == 4 and len(set(titles)) == 4 and set(titles) <= set(tiny.TITLES)
+        assert list(scores) == sorted(scores, reverse=True)
+        assert [tiny.TITLES[int(ids[0])] for ids in item_ids] == list(titles)
+    assert not {"Toy Story (1995)", "Heat (1995)"} & set(out["titles"][0])
+    assert out["unknown"][0] == [] and out["unknown"][1][0]["title"] == "Heat 1995"
+    assert out["unknown"][1][0]["suggestions"][0] == "Heat (1995)"
+
+
+def test_pyfunc_k_column_and_default(pyfunc):
+    history = ["Jumanji (1995)"]
+    per_row = pyfunc.predict(pd.DataFrame({"history": [history, history], "k": [2, 5]}))
+    assert [len(t) for t in per_row["titles"]] == [2, 5]
+    default = pyfunc.predict(pd.DataFrame({"history": [history]}))
+    assert len(default["titles"][0]) == 10 and list(default["titles"][0][:5]) == list(per_row["titles"][1])
+
+
+def test_pyfunc_refuses_bad_requests_clearly(pyfunc):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="empty history"):
+        pyfunc.predict(pd.DataFrame({"history": [["Heat (1995)"], []]}))
+    with pytest.raises(MlflowException, match="no title of the history is in the catalogue"):
+        pyfunc.predict(pd.DataFrame({"history": [["Not A Film (2099)"]]}))
+    with pytest.raises(MlflowException, match="k=500"):
+        pyfunc.predict(pd.DataFrame({"history": [["Heat (1995)"]]}), params={"k": 500})

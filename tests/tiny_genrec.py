@@ -1,0 +1,137 @@
+"""A tiny GenRec world shared by the registry, promote, recommend and serving tests (not a test module).
+
+A catalogue of real-looking titles, a leave-one-out split, a 2-layer random LLaMA with a byte-level
+BPE tokenizer, LoRA adapters laid out as `genrec train` writes them (each with its own MLflow run),
+and metrics files made by the evaluate stage's own `summarise`. Test modules load it with `load()`
+(pytest's importlib mode puts no test folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from genrec import tracking
+from genrec.params import EvalParams, Params, TrackingParams, to_dict
+from genrec.prompts import INSTRUCTIONS, PromptTemplate
+
+TITLES = ["Toy Story (1995)", "Heat (1995)", "American President, The (1995)", "GoldenEye (1995)",
+          "Jumanji (1995)", "Casino (1995)", "Sabrina (1995)", "Sudden Death (1995)", "Balto (1995)",
+          "Nixon (1995)", "Othello (1995)", "Now and Then (1995)", "Persuasion (1995)", "Money Train (1995)",
+          "Assassins (1995)", "Clueless (1995)", "Babe (1995)", "Dead Man Walking (1995)", "Copycat (1995)",
+          "Powder (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Pocahontas (1995)", "Waterworld (1995)"]
+USERS = 6
+SEQUENCE = 6  # items per user: 4 train, 1 valid, 1 test
+
+
+def params(tmp: Path, **eval_overrides) -> Params:
+    """Params of the tiny world: dataset `tiny`, MLflow on SQLite in `tmp`."""
+    return Params(dataset="tiny", tracking=TrackingParams(uri=f"sqlite:///{tmp / 'mlflow.db'}"),
+                  eval=replace(EvalParams(batch_size=4, bootstrap_samples=50), **eval_overrides))
+
+
+def write_split(folder: Path) -> Path:
+    """items.parquet and train/valid/test.parquet as the split stage writes them."""
+    folder.mkdir(parents=True)
+    pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES))], "title": TITLES}).to_parquet(
+        folder / "items.parquet")
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(USERS):
+        seq = [(u * 5 + p * 7) % len(TITLES) for p in range(SEQUENCE)]
+        for p, item in enumerate(seq):
+            name = "train" if p < SEQUENCE - 2 else "valid" if p == SEQUENCE - 2 else "test"
+            rows[name].append({"user_id": f"u{u}", "item_id": str(item), "timestamp": 1000 * u + p, "position": p})
+    for name, part in rows.items():
+        pd.DataFrame(part).astype({"timestamp": "int64", "position": "int64"}).to_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def write_backbone(folder: Path) -> Path:
+    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on the titles and prompts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = TITLES + list(INSTRUCTIONS) + [PromptTemplate().template]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_adapter(folder: Path, base: Path, p: Params, seed: int) -> Path:
+    """A real LoRA adapter (non-zero B, so it changes the model) with the files `genrec train` writes,
+    including mlflow_run.json for a fresh training run in the tiny experiment."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    n_params = model.num_parameters()
+    torch.manual_seed(seed)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    peft.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    PromptTemplate(max_history=5).save(folder / "template.json")
+    (folder / "config.json").write_text(json.dumps({"params": to_dict(p), "base_model": {
+        "path": str(base), "hash": f"sha256:{tracking.sha256_path(base)}", "model_type": "llama",
+        "num_parameters": n_params}}))
+    with tracking.start_or_resume_run(p, run_name=f"train-{seed}") as run:
+        tracking.write_run_file(folder / tracking.RUN_FILE, run)
+    return folder
+
+
+def write_metrics(path: Path, split: str, ranks: list[int | None], **eval_overrides) -> dict:
+    """A metrics file exactly as `genrec evaluate` writes it, for users whose targets sit at `ranks`."""
+    from genrec.io import write_json
+    from genrec.stages.evaluate import summarise
+
+    e = replace(EvalParams(bootstrap_samples=50), split=split, **eval_overrides)
+    records = [{"user_id": f"u{u}", "target_item_id": "target"} for u in range(len(ranks))]
+    lists = [[{"title": f"t{i}", "item_ids": ["target" if rank == i + 1 else f"other{i}"]} for i in range(10)]
+             for rank in ranks]
+    metrics = summarise(records, lists, e, 1.0, truncated=0, hopeless=0, shared_titles=0, max_new_tokens=8)
+    write_json(path, metrics)
+    return metrics
+
+
+def world(tmp: Path) -> dict:
+    """Split, backbone and params in `tmp` (adapters are made per test with `write_adapter`).
+
+    Drops MLFLOW_TRACKING_URI first: `mlflow.set_tracking_uri` exports it, and `tracking.tracking_uri`
+    lets it override params, so an earlier test module's store would otherwise be used.
+    """
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return {"tmp": tmp, "processed": write_split(tmp / "processed"), "base": write_backbone(tmp / "base"),
+            "params": params(tmp)}
+
+
+def promote(w: dict, name: str, seed: int, valid_ranks: list, test_ranks: list, **paths):
+    """Make an adapter and its metrics files under `w['tmp']/name`, then run the promote stage on it."""
+    from genrec.stages import promote as stage
+
+    folder = w["tmp"] / name
+    model_dir = paths.pop("model_dir", None) or write_adapter(folder / "model", w["base"], w["params"], seed)
+    write_metrics(folder / "valid.json", "valid", valid_ranks)
+    write_metrics(folder / "test.json", "test", test_ranks)
+    kwargs = dict(model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
+                  valid_metrics_path=folder / "valid.json", test_metrics_path=folder / "test.json",
+                  out_path=folder / "promotion.json")
+    kwargs.update(paths)
+    return stage.run(w["params"], **kwargs)

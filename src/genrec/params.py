@@ -152,7 +152,7 @@ class TrainParams:
     """Passes over the (subsampled) training prompts (reference: 5)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
-    max_train_samples: int | None = 960
+    max_train_samples: int | None = 800
     """Seeded subsample of the training prompts (sizes the CPU run); None uses them all."""
     max_valid_samples: int | None = 64
     """Seeded subsample of the valid prompts for the validation loss; None uses them all."""
@@ -269,7 +269,9 @@ class EvalParams:
     length_penalty: float = 1.0
     """Finished beams are ranked by sum(log p) / length**length_penalty (HF semantics; 0 = plain likelihood)."""
     early_stopping: bool | str = False
-    """HF beam stopping rule: false (heuristic, HF default) | true (stop at num_beams finished) | never."""
+    """HF beam stopping rule: false (heuristic, HF default) | true (stop at num_beams finished) | never.
+
+    true can return fewer than num_beams titles when constrained: HF counts its filler beams as finished."""
     max_new_tokens: int | None = None
     """Generated-token cap; None: the longest catalogue title + EOS, so no title is cut off."""
     bootstrap_samples: int = 1000

@@ -1,0 +1,240 @@
+"""The evaluate stage end to end on a tiny random LLaMA, a LoRA adapter and real MLflow (SQLite in tmp)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from genrec.errors import DataError
+from genrec.params import EvalParams, Params, TrackingParams
+from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
+from genrec.stages import evaluate
+from genrec.tracking import data_hashes
+
+TITLES = [f"{word} {n} ({1980 + n})" for n in range(12) for word in ("Heat", "Toy Story", "President, The")]
+SHARED = "Hamlet (2000)"  # carried by two items, as 5 titles are in ml-latest-small
+USERS = 6
+TIMING = ("decode_seconds", "users_per_s")
+
+
+def write_tiny_backbone(folder: Path, texts: list[str]) -> Path:
+    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_adapter(folder: Path, base: Path, template: PromptTemplate) -> Path:
+    """A LoRA adapter with non-zero B (so it changes the model) and the files `genrec train` writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    n_params = model.num_parameters()
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    peft.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    template.save(folder / "template.json")
+    (folder / "config.json").write_text(json.dumps({"base_model": {
+        "path": str(base), "hash": data_hashes([base])[str(base)], "model_type": "llama", "num_parameters": n_params}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Split, prompt records, backbone and adapter folders shared by the module's tests."""
+    tmp = tmp_path_factory.mktemp("eval")
+    rng = random.Random(0)
+    items = pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES) + 2)], "title": TITLES + [SHARED, SHARED]})
+    template = PromptTemplate(max_history=5)
+    processed, prompts = tmp / "processed", tmp / "prompts"
+    processed.mkdir()
+    prompts.mkdir()
+    items.to_parquet(processed / "items.parquet")
+    rows = {"train": [], "valid": [], "test": []}
+    records = []
+    for u in range(USERS):
+        seq = rng.sample(list(items["item_id"]), 9)
+        for name, part in (("train", seq[:-2]), ("valid", seq[-2:-1]), ("test", seq[-1:])):
+            rows[name] += [{"user_id": str(u), "item_id": i} for i in part]
+        history = [items["title"][int(i)] for i in seq[:-1]][-template.max_history:]
+        records.append({"user_id": str(u), "target_position": 8, "instruction": INSTRUCTIONS[u % len(INSTRUCTIONS)],
+                        "input": format_history(history, template.history_format), "output": items["title"][int(seq[-1])],
+                        "history_item_ids": seq[-1 - len(history):-1], "history_titles": history,
+                        "target_item_id": seq[-1]})
+    for name, part in rows.items():
+        pd.DataFrame(part).to_parquet(processed / f"{name}.parquet")
+    (prompts / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    template.save(prompts / "template.json")
+    texts = TITLES + [SHARED] + list(INSTRUCTIONS) + [template.template]
+    base = write_tiny_backbone(tmp / "base", texts)
+    return {"tmp": tmp, "processed": processed, "prompts": prompts, "base": base, "records": records,
+            "rows": rows, "items": items, "adapter": write_adapter(tmp / "adapter", base, template)}
+
+
+def params(tmp: Path, **eval_overrides) -> Params:
+    return Params(dataset="tiny", tracking=TrackingParams(uri=f"sqlite:///{tmp / 'mlflow.db'}"),
+                  eval=replace(EvalParams(batch_size=4, bootstrap_samples=200), **eval_overrides))
+
+
+def run(world, out: Path, p: Params | None = None, model_dir=None, **paths) -> dict:
+    kwargs = dict(base_dir=world["base"], model_dir=model_dir, prompts_dir=world["prompts"],
+                  processed_dir=world["processed"], metrics_path=out / "metrics.json",
+                  predictions_path=out / "predictions.jsonl")
+    kwargs.update(paths)
+    return evaluate.run(p or params(out), **kwargs)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_constrained_run_writes_valid_lists_and_is_reproducible(world, tmp_path):
+    result = run(world, tmp_path / "a")
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics == {k: v for k, v in result.items() if not k.endswith("_path")}
+    for name in ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"):
+        assert 0 <= metrics["ci95_low"][name] <= metrics[name] <= metrics["ci95_high"][name] <= 1
+    assert metrics["users"] == USERS and metrics["valid_beam_share"] == 1.0
+    assert metrics["duplicate_beam_share"] == 0.0 and metrics["users_without_candidates"] == 0
+    assert metrics["shared_titles"] == 1 and metrics["protocol"]["constrained"] is True
+    predictions = read_predictions(tmp_path / "a" / "predictions.jsonl")
+    owned = {}
+    for name in ("train", "valid"):
+        for row in world["rows"][name]:
+            owned.setdefault(row["user_id"], set()).add(row["item_id"])
+    for line in predictions:
+        assert len(line["ranked"]) == 10
+        scores = [entry["score"] for entry in line["ranked"]]
+        assert scores == sorted(scores, reverse=True)
+        for entry in line["ranked"]:
+            assert entry["title"] in TITLES + [SHARED]
+            assert not set(entry["item_ids"]) <= owned[line["user_id"]]  # history excluded
+            if entry["title"] == SHARED:
+                assert entry["item_ids"] == [str(len(TITLES)), str(len(TITLES) + 1)]
+
+    run(world, tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert {k: v for k, v in again.items() if k not in TIMING} == {k: v for k, v in metrics.items() if k not in TIMING}
+    assert read_predictions(tmp_path / "b" / "predictions.jsonl") == predictions
+
+
+def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path):
+    import mlflow
+
+    from genrec import tracking
+
+    p = params(tmp_path)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    with tracking.start_or_resume_run(p, run_name="train") as active:
+        tracking.write_run_file(adapter / tracking.RUN_FILE, active)
+    run(world, tmp_path / "bare", p)
+    run(world, tmp_path / "lora", p, model_dir=adapter)
+    assert read_predictions(tmp_path / "bare" / "predictions.jsonl") != \
+        read_predictions(tmp_path / "lora" / "predictions.jsonl")
+    logged = mlflow.get_run(active.info.run_id)
+    metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    assert logged.data.metrics["test.hr_at_10"] == pytest.approx(metrics["hr_at_10"])
+    assert logged.data.metrics["test.ci95_high.ndcg_at_10"] == pytest.approx(metrics["ci95_high"]["ndcg_at_10"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "eval/test")}
+    assert artifacts == {"eval/test/metrics.json", "eval/test/predictions.jsonl"}
+
+
+def test_unconstrained_mode_counts_invalid_beams(world, tmp_path):
+    metrics = run(world, tmp_path, params(tmp_path, constrained=False, max_new_tokens=6, num_beams=5, k=[5]))
+    assert 0 <= metrics["valid_beam_share"] < 1  # a random model rarely spells a whole title
+    assert metrics["protocol"]["invalid_beams"] == "misses" and "hr_at_5" in metrics
+    for line in read_predictions(tmp_path / "predictions.jsonl"):
+        for entry in line["ranked"]:
+            assert (entry["title"] is None) == ("text" in entry)
+
+
+def test_long_prompts_are_truncated_and_counted(world, tmp_path):
+    metrics = run(world, tmp_path, params(tmp_path, max_prompt_tokens=40, max_users=3))
+    assert metrics["users"] == 3 and metrics["prompts_truncated"] == 3
+
+
+def test_user_with_every_title_excluded_is_counted_not_fatal(world, tmp_path):
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    for name in ("items", "valid", "test"):
+        (processed / f"{name}.parquet").write_bytes((world["processed"] / f"{name}.parquet").read_bytes())
+    train = pd.concat([pd.DataFrame(world["rows"]["train"]),
+                       pd.DataFrame({"user_id": "0", "item_id": world["items"]["item_id"]})])
+    train.to_parquet(processed / "train.parquet")
+    metrics = run(world, tmp_path, processed_dir=processed)
+    assert metrics["users_without_candidates"] == 1 and metrics["users"] == USERS
+    first = read_predictions(tmp_path / "predictions.jsonl")[0]
+    assert first["user_id"] == "0" and first["ranked"] == []
+
+
+def test_adapter_from_another_backbone_is_refused_by_name(world, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    config = json.loads((adapter / "config.json").read_text())
+    config["base_model"].update(path="models/other-base", hash="sha256:" + "0" * 64)
+    (adapter / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=r"models/other-base.*" + str(world["base"]).replace("/", ".")):
+        run(world, tmp_path, model_dir=adapter)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_failed_run_leaves_the_old_metrics_whole(world, tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "template.json").write_text((world["prompts"] / "template.json").read_text())
+    (prompts / "test.jsonl").write_text('{"user_id": "1"}\n')
+    (tmp_path / "metrics.json").write_text('{"old": true}\n')
+    with pytest.raises(DataError, match="missing keys"):
+        run(world, tmp_path, prompts_dir=prompts)
+    assert (tmp_path / "metrics.json").read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "prompts"]
+
+
+def test_empty_catalogue_is_refused(world, tmp_path):
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    world["items"].iloc[:0].to_parquet(processed / "items.parquet")
+    with pytest.raises(DataError, match="catalogue is empty"):
+        run(world, tmp_path, processed_dir=processed)
+
+
+def test_unconstrained_beams_match_titles_exactly_after_whitespace_normalisation(world):
+    from transformers import AutoTokenizer
+
+    from genrec.decoding import Hypothesis
+    from genrec.trie import Catalogue
+
+    tokenizer = AutoTokenizer.from_pretrained(world["base"])
+    catalogue = Catalogue.from_items(world["items"])
+    ids = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    hyps = [Hypothesis(ids(f"{SHARED}  "), -1.0, None), Hypothesis(ids("Heat 3"), -2.0, None)]
+    first, second = evaluate.ranked_entries(hyps, catalogue, tokenizer, constrained=False)
+    assert first == {"title": SHARED, "item_ids": [str(len(TITLES)), str(len(TITLES) + 1)], "score": -1.0}
+    assert second == {"title": None, "item_ids": [], "score": -2.0, "text": "Heat 3"}

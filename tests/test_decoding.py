@@ -1,0 +1,128 @@
+"""The batched tree-attention beam search returns HF generate's beams, constrained and free."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from genrec.decoding import BeamSettings, is_real, ranked_beams
+from genrec.trie import build_title_trie
+
+VOCAB, EOS, PAD = 64, 1, 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.3,  # peaked next-token distributions, unlike the default 0.02
+                         bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def titles():
+    """40 token sequences of 1-8 tokens, many sharing prefixes, some a prefix of another."""
+    rng, out = random.Random(0), set()
+    while len(out) < 40:
+        if out and rng.random() < 0.5:
+            base = list(rng.choice(sorted(out)))
+            title = base[:rng.randint(0, len(base))] + [rng.randint(2, VOCAB - 1) for _ in range(rng.randint(1, 4))]
+        else:
+            title = [rng.randint(2, VOCAB - 1) for _ in range(rng.randint(1, 8))]
+        out.add(tuple(title))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(1)
+    return [[rng.randint(2, VOCAB - 1) for _ in range(rng.randint(3, 12))] for _ in range(5)]
+
+
+def hf_beams(model, prompt, titles, settings, constrained=True):
+    """Reference: HF generate for one prompt, with a plain-Python prefix function over `titles`."""
+    following: dict[tuple, set] = {}
+    for title in titles:
+        full = [*title, EOS]
+        for i in range(len(full)):
+            following.setdefault(tuple(full[:i]), set()).add(full[i])
+
+    def allowed(batch_id, ids):
+        # After a whole title (or off the trie) only EOS: HF refuses an empty list.
+        return sorted(following.get(tuple(ids[len(prompt):].tolist()), {EOS}))
+
+    config = GenerationConfig(num_beams=settings.num_beams, num_return_sequences=settings.num_beams, do_sample=False,
+                              max_new_tokens=settings.max_new_tokens, length_penalty=settings.length_penalty,
+                              early_stopping=settings.early_stopping, eos_token_id=EOS, pad_token_id=PAD,
+                              output_scores=True, return_dict_in_generate=True)
+    out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         generation_config=config, prefix_allowed_tokens_fn=allowed if constrained else None)
+    beams = []
+    for seq, score in zip(out.sequences[:, len(prompt):].tolist(), out.sequences_scores.tolist()):
+        length = seq.index(EOS) + 1 if EOS in seq else len(seq)
+        if is_real(score, length, settings.length_penalty):
+            beams.append((tuple(seq[:length - 1] if seq[length - 1] == EOS else seq[:length]), score))
+    return beams
+
+
+def assert_same(ours, reference):
+    assert [h.tokens for h in ours] == [tokens for tokens, _ in reference]
+    assert [h.score for h in ours] == pytest.approx([score for _, score in reference], abs=1e-4)
+
+
+@pytest.mark.parametrize("length_penalty, early_stopping", [(1.0, False), (0.0, True), (2.0, "never"),
+                                                            (-0.7, False), (1.0, True)])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_constrained_equals_hf_generate(model, titles, prompts, length_penalty, early_stopping, exclude):
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=10, max_new_tokens=trie.max_length, length_penalty=length_penalty,
+                            early_stopping=early_stopping, eos_token_id=EOS, pad_token_id=PAD)
+    rng = random.Random(2)
+    excluded = [rng.sample(range(len(titles)), 6) if exclude else [] for _ in prompts]
+    ours = ranked_beams(model, prompts, settings, trie=trie, excluded=excluded, batch_size=3)
+    for user, prompt in enumerate(prompts):
+        allowed = [t for i, t in enumerate(titles) if i not in excluded[user]]
+        assert_same(ours[user], hf_beams(model, prompt, allowed, settings))
+        # HF's filler beams count as finished under early_stopping=True, so fewer titles may come back.
+        assert len(ours[user]) == 10 or (early_stopping is True and len(ours[user]) > 0)
+        assert all(titles[h.title] == h.tokens and h.title not in excluded[user] for h in ours[user])
+
+
+def test_unconstrained_equals_hf_generate(model, prompts):
+    settings = BeamSettings(num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD)
+    ours = ranked_beams(model, prompts, settings, batch_size=2)
+    for user, prompt in enumerate(prompts):
+        assert_same(ours[user], hf_beams(model, prompt, [], settings, constrained=False))
+        assert all(h.title is None for h in ours[user])
+
+
+def test_eager_attention_gives_the_same_beams(model, titles, prompts):
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=4, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)
+    sdpa = ranked_beams(model, prompts, settings, trie=trie, batch_size=5)
+    model.config._attn_implementation = "eager"
+    try:
+        eager = ranked_beams(model, prompts, settings, trie=trie, batch_size=5)
+    finally:
+        model.config._attn_implementation = "sdpa"
+    for a, b in zip(sdpa, eager):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+
+
+def test_generation_config_is_ignored_and_small_candidate_sets_do_not_crash(model, titles, prompts):
+    trie = build_title_trie(titles[:3], EOS)
+    settings = BeamSettings(num_beams=5, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)
+    before = ranked_beams(model, prompts[:2], settings, trie=trie)
+    model.generation_config.do_sample, model.generation_config.temperature = True, 5.0
+    try:
+        after = ranked_beams(model, prompts[:2], settings, trie=trie, excluded=[[], [0, 1, 2]])
+    finally:
+        model.generation_config.do_sample, model.generation_config.temperature = False, 1.0
+    assert [h.tokens for h in after[0]] == [h.tokens for h in before[0]]
+    assert sorted(h.title for h in after[0]) == [0, 1, 2]  # only 3 titles exist: 3 real beams
+    assert after[1] == []  # everything excluded: no beam, no crash

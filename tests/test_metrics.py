@@ -1,0 +1,84 @@
+"""HR@k / NDCG@k on hand-computed ranks, against torchmetrics on random rankings, bootstrap, integrity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
+
+from genrec.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, ranking_metrics,
+                            target_rank)
+
+RANKS = [1, 3, None, 10, 6]
+
+
+def test_hand_computed_cases():
+    assert hit_ratio_at_k(RANKS, 5) == pytest.approx(2 / 5)
+    assert hit_ratio_at_k(RANKS, 10) == pytest.approx(4 / 5)
+    assert ndcg_at_k(RANKS, 1) == pytest.approx(1 / 5)
+    # rank 1 -> 1/log2(2) = 1, rank 3 -> 1/log2(4) = 0.5
+    assert ndcg_at_k(RANKS, 5) == pytest.approx((1 + 0.5) / 5)
+    assert ndcg_at_k(RANKS, 10) == pytest.approx((1 + 0.5 + 1 / math.log2(11) + 1 / math.log2(7)) / 5)
+    assert hit_ratio_at_k([None, None], 10) == 0.0 and ndcg_at_k([None], 10) == 0.0
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="no users"):
+        hit_ratio_at_k([], 5)
+    with pytest.raises(ValueError, match="k=0"):
+        ndcg_at_k([1], 0)
+
+
+def test_target_rank_counts_a_shared_title_for_each_of_its_items():
+    ranked = [["10"], ["20", "21"], ["30"]]
+    assert target_rank(ranked, "21") == 2
+    assert target_rank(ranked, "20") == 2
+    assert target_rank(ranked, "99") is None
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_agrees_with_torchmetrics_on_random_rankings(k):
+    rng = np.random.default_rng(k)
+    users, items = 200, 30
+    scores = rng.random((users, items))
+    relevant = rng.integers(0, items, users)
+    order = np.argsort(-scores, axis=1)
+    ranks = [int(np.flatnonzero(order[u] == relevant[u])[0]) + 1 for u in range(users)]
+    target = np.zeros((users, items), dtype=bool)
+    target[np.arange(users), relevant] = True
+    indexes = torch.arange(users).repeat_interleave(items)
+    preds, truth = torch.tensor(scores.ravel()), torch.tensor(target.ravel())
+    hit_rate = RetrievalHitRate(top_k=k)(preds, truth, indexes=indexes).item()
+    ndcg = RetrievalNormalizedDCG(top_k=k)(preds, truth, indexes=indexes).item()
+    assert 0 < hit_ratio_at_k(ranks, k) <= 1
+    assert hit_ratio_at_k(ranks, k) == pytest.approx(hit_rate, abs=1e-6)
+    assert ndcg_at_k(ranks, k) == pytest.approx(ndcg, abs=1e-6)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    values = np.random.default_rng(0).random(300) < 0.2
+    low, high = bootstrap_interval(values, samples=500, seed=7)
+    assert (low, high) == bootstrap_interval(values, samples=500, seed=7)
+    assert (low, high) != bootstrap_interval(values, samples=500, seed=8)
+    assert low < values.mean() < high
+    # The interval of a mean of 300 Bernoulli(0.2) is about +-1.96 * sqrt(0.16 / 300) = +-0.045.
+    assert 0.06 < high - low < 0.12
+    assert bootstrap_interval(np.ones(50), samples=100, seed=0) == (1.0, 1.0)
+
+
+def test_ranking_metrics_names_and_intervals():
+    out = ranking_metrics(RANKS, [10, 5], samples=200, seed=0)
+    assert {k for k in out if not k.startswith("ci95")} == {"hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"}
+    for name in ("hr_at_5", "ndcg_at_10"):
+        assert out["ci95_low"][name] <= out[name] <= out["ci95_high"][name]
+
+
+def test_integrity_counts_invalid_duplicate_and_missing_beams():
+    lists = [["A", "B", None, "A"], ["C"]]  # 4 beams, then 1 of 4: 3 missing
+    out = integrity_metrics(lists, num_beams=4)
+    assert out["valid_beam_share"] == pytest.approx(4 / 8)
+    assert out["duplicate_beam_share"] == pytest.approx(1 / 8)
+    assert out["beams_returned_share"] == pytest.approx(5 / 8)

@@ -1,0 +1,230 @@
+"""How genrec fine-tunes: params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer` on prompt/completion records.
+
+Shared by the train stage (which adds inputs checks, resume, MLflow and outputs) and
+bench/train_cpu.py (which times exactly this trainer).
+
+For a prompt/completion dataset TRL 1.16 appends the tokenizer's EOS *text* to each completion,
+tokenises prompt + completion, and masks the prompt tokens out of the loss (completion-only loss;
+`DataCollatorForCompletionOnlyLM` no longer exists). `check_prepared` verifies the result: one EOS
+ends every completion (a tokenizer that adds its own EOS would give two) and nothing was cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from pathlib import Path
+
+from genrec.backbone import load_backbone
+from genrec.errors import DataError
+from genrec.params import LoraParams, Params, TrainParams
+from genrec.prompts import PromptTemplate, fit_to_token_budget
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: PromptTemplate, output_dir: Path,
+                  num_processes: int = 1, dtype: str | None = None):
+    """The SFTTrainer for `params.train`: backbone + LoRA, training prompts and a valid subsample.
+
+    Args:
+        output_dir: The Trainer's output_dir (checkpoints).
+        dtype: Weights dtype of the frozen backbone; None: bfloat16 when bf16 autocast is on, else
+            float32. Under autocast the matmuls run in bf16 either way; bf16 weights halve the memory
+            of weights and activations (5.8 GB peak RSS with float32 weights for SmolLM2-135M at
+            batch 8) and took 5-12% less CPU time per step (bench/train_cpu.py). The LoRA weights
+            stay float32 (PEFT's default).
+
+    Returns:
+        (trainer, stats): stats counts records, truncated prompts, tokens and completion tokens.
+    """
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    tp = params.train
+    config = sft_config(params, output_dir, num_processes)
+    if dtype is None:
+        dtype = "bfloat16" if config.bf16 else "float32"
+    model, tokenizer = load_backbone(base_dir, dtype=dtype)
+    train_data, stats = prompt_dataset(prompts_dir / "train.jsonl", template, tokenizer, tp.max_seq_length,
+                                       tp.max_train_samples, tp.seed)
+    valid_data, _ = prompt_dataset(prompts_dir / "valid.jsonl", template, tokenizer, tp.max_seq_length,
+                                   tp.max_valid_samples, tp.seed)
+    set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
+                         processing_class=tokenizer, peft_config=lora_config(tp.lora))
+    stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
+    return trainer, stats
+
+
+def accumulation_steps(tp: TrainParams, num_processes: int) -> int:
+    """batch_size / (micro_batch_size x processes), as the GenRec reference derived it.
+
+    Raises:
+        DataError: if that does not divide evenly.
+    """
+    per_step = tp.micro_batch_size * num_processes
+    if tp.batch_size % per_step:
+        raise DataError(f"train.batch_size={tp.batch_size} is not a multiple of micro_batch_size x processes "
+                        f"= {per_step}", fix="Change train.batch_size or train.micro_batch_size")
+    return tp.batch_size // per_step
+
+
+def sft_config(params: Params, output_dir: Path, num_processes: int):
+    """The SFTConfig for `params.train`: gradient accumulation = batch_size / (micro_batch_size x processes)."""
+    import torch
+    from trl import SFTConfig
+
+    tp = params.train
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir), seed=tp.seed, data_seed=tp.seed, use_cpu=not cuda,
+        num_train_epochs=tp.epochs, max_steps=tp.max_steps or -1,
+        per_device_train_batch_size=tp.micro_batch_size, per_device_eval_batch_size=tp.micro_batch_size,
+        gradient_accumulation_steps=accumulation_steps(tp, num_processes),
+        learning_rate=tp.learning_rate, warmup_steps=tp.warmup, lr_scheduler_type=tp.lr_scheduler,
+        weight_decay=tp.weight_decay, optim=tp.optimizer,
+        max_length=tp.max_seq_length, completion_only_loss=True, packing=False,
+        bf16=use_bf16(tp.bf16, cuda), fp16=False, activation_checkpointing=tp.activation_checkpointing,
+        logging_steps=tp.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if tp.eval_steps else "no", eval_steps=tp.eval_steps,
+        save_strategy="steps", save_steps=tp.save_steps, save_total_limit=tp.save_total_limit,
+        report_to="none", ddp_find_unused_parameters=False, dataloader_num_workers=0,
+    )
+
+
+def use_bf16(setting: str | bool, cuda: bool) -> bool:
+    """`train.bf16`: auto is on for GPUs with bf16 and for CPUs where oneDNN has bf16 kernels (AVX512 and newer)."""
+    import torch
+
+    if setting != "auto":
+        return bool(setting)
+    if cuda:
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def lora_config(lp: LoraParams):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=list(lp.target_modules),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a JSON-lines file."""
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    records.append((line_no, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"not JSON ({err.msg})", path=path, row=line_no,
+                                    fix="Rerun `genrec prompts`") from None
+    return records
+
+
+def prompt_dataset(path: Path, template: PromptTemplate, tokenizer, max_tokens: int, limit: int | None,
+                   seed: int):
+    """Prompt/completion records from a prompts file, a seeded subsample of `limit`, each fit to `max_tokens`.
+
+    Returns:
+        (datasets.Dataset with `prompt` and `completion` columns, stats: records, truncated, titles_dropped).
+    """
+    from datasets import Dataset
+    from tqdm import tqdm
+
+    records = read_jsonl(path)
+    if limit is not None and len(records) > limit:
+        records = random.Random(seed).sample(records, limit)
+    prompts, completions, truncated, dropped = [], [], 0, 0
+    for row, record in tqdm(records, desc=f"fitting {path.name}", unit="record", mininterval=10,
+                            disable=len(records) < 20_000):
+        try:
+            prompt, completion, n_dropped = fit_to_token_budget(
+                template, record["instruction"], record["history_titles"], record["output"], tokenizer, max_tokens)
+        except KeyError as err:
+            raise DataError(f"record without {err}", path=path, row=row, fix="Rerun `genrec prompts`") from None
+        except ValueError as err:
+            raise DataError(str(err), path=path, row=row, fix="Raise train.max_seq_length") from None
+        prompts.append(prompt)
+        completions.append(completion)
+        truncated += n_dropped > 0
+        dropped += n_dropped
+    log.info("%s: %d records; %d lost %d history titles to fit %d tokens", path, len(records), truncated,
+             dropped, max_tokens)
+    stats = {"records": len(records), "truncated": truncated, "titles_dropped": dropped}
+    return Dataset.from_dict({"prompt": prompts, "completion": completions}), stats
+
+
+def check_prepared(dataset, eos_token_id: int, max_length: int) -> dict:
+    """Check TRL's tokenised dataset: every sequence ends its completion with exactly one EOS, uncut.
+
+    Returns:
+        Token counts: tokens (non-padding) and completion_tokens (with EOS), summed over the dataset.
+    """
+    tokens = completion_tokens = 0
+    for batch in dataset.iter(batch_size=1024):
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            target = [t for t in labels if t != -100]
+            if len(ids) > max_length or not target or target[-1] != eos_token_id or target.count(eos_token_id) != 1:
+                raise RuntimeError(f"a training sequence does not end with exactly one EOS ({eos_token_id}) in its "
+                                   f"completion: {target[-8:]}; check the tokenizer's automatic special tokens")
+            tokens += len(ids)
+            completion_tokens += len(target)
+    return {"tokens": tokens, "completion_tokens": completion_tokens}
+
+
+@contextlib.contextmanager
+def completion_positions_only(enabled: bool):
+    """Let TRL's fused LM head project only the positions that have a label, on CPUs too.
+
+    TRL compacts to labelled positions only where Triton runs (CUDA/XPU) and scores every position
+    elsewhere (to keep tile shapes fixed for compilers such as Neuron's). Eager CPU training has no such
+    constraint, and with ~150-token prompts and ~10-token completions the full projection costs
+    SmolLM2-135M 1.8x the CPU time per step (bench/train_cpu.py). The math is the same (tests/test_sft.py).
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        if enabled:
+            log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
+        yield
+        return
+    trl_utils._use_triton = lambda device: original(device) or device.type == "cpu"
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def lora_state(model) -> dict:
+    """A detached copy of the adapter weights, keyed as PEFT saves them."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def verify_adapter(adapter_dir: Path, initial: dict) -> None:
+    """Fail loudly unless the saved adapter holds every LoRA tensor and lora_B moved off its zero init.
+
+    An unpinned peft once saved a ~1 KB empty adapter in the GenRec reference code.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    saved = load_file(path) if path.is_file() else {}
+    if not saved or set(saved) != set(initial):
+        raise RuntimeError(f"{path}: saved {len(saved)} tensors, expected the {len(initial)} LoRA tensors trained")
+    unchanged = [k for k in saved if "lora_B" in k and torch.equal(saved[k], initial[k].to(saved[k].dtype))]
+    if unchanged:
+        raise RuntimeError(f"{path}: {len(unchanged)} lora_B tensors still equal their initialisation "
+                           f"(e.g. {unchanged[0]}); training did not update the adapter")

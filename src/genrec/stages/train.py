@@ -1,0 +1,251 @@
+"""Train stage: LoRA fine-tuning of the backbone with TRL's SFTTrainer, tracked in MLflow.
+
+Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/accelerate/):
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml -m genrec.cli train \\
+        --base models/base --prompts data/prompts/ml-latest-small --out models/genrec
+
+`genrec train ...` without the launcher runs the same thing in one process.
+
+params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.sft`) on a
+prompt/completion dataset made by the one prompt function (`genrec.prompts.fit_to_token_budget`: the
+oldest history titles are dropped to fit `train.max_seq_length`, never the target); the loss is on
+completion tokens only, each completion ending with exactly one EOS (checked).
+
+Checkpoints go to `<out>.checkpoints/`, outside the DVC out (which DVC deletes before a rerun), so
+`train.resume: auto` continues after a kill from the last complete checkpoint of the same
+configuration (and in the same MLflow run). The folder is removed once the outputs are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from genrec import sft, tracking
+from genrec.backbone import check_local_dir
+from genrec.errors import DataError
+from genrec.io import atomic_path, write_json
+from genrec.params import Params, to_dict
+from genrec.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "genrec_state.json"
+"""In the checkpoints folder: the configuration fingerprint and the MLflow run id, for resume."""
+
+
+def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> dict:
+    """Fine-tune LoRA adapters on the training prompts and write them with their lineage to `out_dir`.
+
+    Writes (atomically) adapter_model.safetensors + adapter_config.json, the tokenizer, template.json
+    (the prompt template used), config.json (resolved params, backbone and training summary),
+    trainer_state.json (loss history) and mlflow_run.json (run_id, experiment_id, tracking_uri).
+
+    Raises:
+        DataError: bad input (no tokenizer, LoRA targets absent, missing accelerate profile, empty or
+            malformed prompts), before the backbone is loaded.
+        RuntimeError: if the saved adapter is empty or still at its initialisation.
+    """
+    from accelerate import PartialState
+
+    base_dir, prompts_dir, out_dir = Path(base_dir), Path(prompts_dir), Path(out_dir)
+    tp = params.train
+    template = check_inputs(params, base_dir, prompts_dir)
+    state = PartialState()
+    sft.accumulation_steps(tp, state.num_processes)
+    hashes = tracking.data_hashes([base_dir, prompts_dir])
+    fingerprint = config_fingerprint(params, hashes)
+    resume_from, run_id = find_resume_point(checkpoint_dir(out_dir), tp.resume, fingerprint)
+    if state.is_main_process:
+        prepare_checkpoint_dir(checkpoint_dir(out_dir), resume_from)
+    state.wait_for_everyone()
+
+    trainer, train_stats = sft.build_trainer(params, base_dir, prompts_dir, template, checkpoint_dir(out_dir),
+                                             state.num_processes)
+    tokenizer = trainer.processing_class
+    initial = sft.lora_state(trainer.model)
+
+    main = state.is_main_process  # only the main process logs to MLflow and writes outputs
+    if main and run_id is not None and not tracking.run_exists(params, run_id):
+        log.warning("MLflow run %s of the checkpoint is gone from %s: logging to a new run", run_id,
+                    tracking.tracking_uri(params))
+        run_id = None
+    mlflow_run = tracking.start_or_resume_run(params, run_id=run_id) if main else contextlib.nullcontext()
+    with mlflow_run as mlrun:
+        if main:
+            write_json(checkpoint_dir(out_dir) / STATE_FILE, {"fingerprint": fingerprint, "run_id": mlrun.info.run_id})
+            if run_id is None:  # a resumed run has them (same fingerprint); MLflow refuses to change a param
+                tracking.log_params(params, {"data": {
+                    "base": hashes[str(base_dir)], "prompts": hashes[str(prompts_dir)],
+                    "base_path": str(base_dir), "prompts_path": str(prompts_dir)}})
+            trainer.add_callback(mlflow_logger())
+        with sft.completion_positions_only(tp.completion_logits_only):
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            eval_loss = final_eval_loss(trainer)
+        final = checkpoint_dir(out_dir) / "final"
+        trainer.save_model(str(final))  # every process: FSDP gathers the adapter, the main one writes it
+        state.wait_for_everyone()
+        summary = {**train_stats, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+                   "eval_loss": eval_loss, "resumed_from": resume_from and resume_from.name,
+                   "effective_batch_size": tp.batch_size, "processes": state.num_processes,
+                   "bf16": trainer.args.bf16, "device": str(trainer.args.device)}
+        if main:
+            write_outputs(out_dir, final, trainer, tokenizer, template, initial, mlrun, {
+                "params": to_dict(params), "base_model": backbone_info(base_dir, trainer.model, hashes),
+                "training": summary})
+            shutil.rmtree(checkpoint_dir(out_dir), ignore_errors=True)
+    state.wait_for_everyone()
+    log.info("trained %d steps (train loss %.4f, valid loss %s); wrote %s", summary["global_step"],
+             result.training_loss, summary["eval_loss"], out_dir)
+    return {"out_dir": str(out_dir), "run_id": mlrun.info.run_id if main else None, **summary}
+
+
+def final_eval_loss(trainer) -> float:
+    """The validation loss after the last step: the Trainer's own if it just evaluated, else evaluate now."""
+    last = trainer.state.log_history[-2:]  # an evaluation at the last step precedes the train summary
+    done = [h["eval_loss"] for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+    return done[-1] if done else trainer.evaluate()["eval_loss"]
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """`<out>.checkpoints/` beside the output: DVC deletes its outs before a rerun, this survives."""
+    return out_dir.with_name(out_dir.name + ".checkpoints")
+
+
+def check_inputs(params: Params, base_dir: Path, prompts_dir: Path) -> PromptTemplate:
+    """Every bad-input check that needs no training: one-line DataErrors naming the param or path.
+
+    Returns:
+        The prompt template the prompts stage used (prompts_dir/template.json).
+    """
+    profile = accelerate_profile_path(params.train.accelerate_profile)
+    if not profile.is_file():
+        available = ", ".join(sorted(p.stem for p in Path("configs/accelerate").glob("*.yaml"))) or "none here"
+        raise DataError(f"train.accelerate_profile={params.train.accelerate_profile!r}: {profile} does not exist",
+                        fix=f"Use a profile in configs/accelerate/ ({available}) or a path to an accelerate YAML")
+    check_local_dir(base_dir, key="--base")
+    check_lora_targets(base_dir, params.train.lora.target_modules)
+    template_path = prompts_dir / "template.json"
+    if not template_path.is_file():
+        raise DataError("no prompt template", path=template_path, fix="Run `genrec prompts` (dvc repro prompts)")
+    for name in ("train.jsonl", "valid.jsonl"):
+        path = prompts_dir / name
+        if not path.is_file() or not any(line.strip() for line in path.open(encoding="utf-8")):
+            raise DataError("no prompt records", path=path,
+                            fix="Run `genrec prompts`; if it wrote none, relax split.user_core/item_core")
+    return PromptTemplate.load(template_path)
+
+
+def accelerate_profile_path(profile: str) -> Path:
+    """A YAML path as given, or a profile name resolved to configs/accelerate/<name>.yaml (from the CWD)."""
+    if profile.endswith((".yaml", ".yml")):
+        return Path(profile)
+    return Path("configs/accelerate") / f"{profile}.yaml"
+
+
+def check_lora_targets(base_dir: Path, targets: list[str]) -> None:
+    """Raise unless every LoRA target names a module of the backbone (built on the meta device: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = [name for name, _ in model.named_modules()]
+    # PEFT matches a target string against the end of each module name (`q_proj`, `self_attn.q_proj`)
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        raise DataError(f"train.lora.target_modules: {missing} not in the {config.model_type} backbone",
+                        path=base_dir / "config.json", fix=f"Use some of its linear layers: {', '.join(sorted(leaves))}")
+
+
+def config_fingerprint(params: Params, hashes: dict[str, str]) -> str:
+    """sha256 of what fixes the training trajectory: `train` params (not resume/logging/saving) and the inputs.
+
+    Upstream params (prompts, model, ...) act through the inputs, whose content hashes are included.
+    """
+    ignored = ("resume", "logging_steps", "eval_steps", "save_steps", "save_total_limit")
+    train = {k: v for k, v in to_dict(params.train).items() if k not in ignored}
+    text = json.dumps({"dataset": params.dataset, "train": train, "inputs": hashes}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_resume_point(ckpt_dir: Path, mode: str, fingerprint: str) -> tuple[Path | None, str | None]:
+    """(last complete checkpoint, its MLflow run id) to resume from, or (None, None) to start fresh.
+
+    A checkpoint is complete once trainer_state.json exists (the Trainer writes it last). Checkpoints of
+    another configuration (fingerprint) are never resumed.
+    """
+    state_file = ckpt_dir / STATE_FILE
+    if mode == "never" or not state_file.is_file():
+        return None, None
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s holds checkpoints of another configuration: starting fresh", ckpt_dir)
+        return None, None
+    complete = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not complete:
+        return None, None
+    last = max(complete, key=_step)
+    log.info("resuming from %s (MLflow run %s)", last, state.get("run_id"))
+    return last, state.get("run_id")
+
+
+def prepare_checkpoint_dir(ckpt_dir: Path, resume_from: Path | None) -> None:
+    """Empty the folder for a fresh start, or drop checkpoints newer than (half-written after) `resume_from`."""
+    if resume_from is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    else:
+        for path in ckpt_dir.glob("checkpoint-*"):
+            if _step(path) > _step(resume_from):
+                shutil.rmtree(path)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+def backbone_info(base_dir: Path, model, hashes: dict[str, str]) -> dict:
+    config = model.get_base_model().config
+    return {"path": str(base_dir), "hash": hashes.get(str(base_dir)), "model_type": config.model_type,
+            "architectures": config.architectures, "num_parameters": model.get_base_model().num_parameters(),
+            "trainable_parameters": model.get_nb_trainable_parameters()[0]}
+
+
+def write_outputs(out_dir: Path, adapter_dir: Path, trainer, tokenizer, template: PromptTemplate, initial: dict,
+                  mlrun, config: dict) -> None:
+    """Assemble the model folder atomically, verify the adapter, and log it to the MLflow run."""
+    import mlflow
+
+    with atomic_path(out_dir) as tmp:
+        shutil.copytree(adapter_dir, tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.json holds the resolved params
+        tokenizer.save_pretrained(tmp)
+        template.save(tmp / "template.json")
+        write_json(tmp / "config.json", config)
+        trainer.state.save_to_json(str(tmp / "trainer_state.json"))
+        tracking.write_run_file(tmp / tracking.RUN_FILE, mlrun)
+        sft.verify_adapter(tmp, initial)
+        mlflow.log_artifacts(str(tmp), artifact_path="model")
+        mlflow.log_dict(template.to_dict(), "prompt_template.json")
+
+
+def mlflow_logger():
+    """A TrainerCallback logging every Trainer log (loss, eval_loss, ...) to the active MLflow run at its step."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class MlflowLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()
+                                    if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=state.global_step)
+
+    return MlflowLogger()

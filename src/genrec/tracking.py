@@ -1,0 +1,214 @@
+"""MLflow run handling and lineage, shared by train, evaluate and promote.
+
+One MLflow run per trained model: training opens it, saves its id beside the model
+(`mlflow_run.json`), and later stages log into the same run via `start_or_resume_run(params,
+run_id=read_run_id(model_dir))`, so the UI's compare view shows every model with its metrics.
+
+The tracking URI comes from `tracking.uri` (default `sqlite:///mlflow.db`, relative to the working
+directory) unless the environment sets MLFLOW_TRACKING_URI. Each experiment (`<prefix>-<dataset>`) is
+created with an explicit artifact location, `mlartifacts/<experiment>` beside a SQLite database, so
+artifacts never land in an unexpected `./mlruns`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from genrec.io import write_json
+from genrec.params import Params, to_dict
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow_run.json"
+MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+
+
+def tracking_uri(params: Params) -> str:
+    """The tracking URI: env MLFLOW_TRACKING_URI if set, else `tracking.uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+
+
+def experiment_name(params: Params) -> str:
+    return f"{params.tracking.experiment_prefix}-{params.dataset}"
+
+
+def artifact_root(params: Params, uri: str) -> Path | None:
+    """Where artifacts go: `tracking.artifact_root`, else `mlartifacts/` beside a SQLite database.
+
+    None for other stores (an MLflow server decides itself).
+    """
+    if params.tracking.artifact_root:
+        return Path(params.tracking.artifact_root).resolve()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+    return None
+
+
+def ensure_experiment(params: Params) -> str:
+    """Set the tracking URI and return the id of this dataset's experiment, creating it if needed."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    name = experiment_name(params)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = artifact_root(params, uri)
+    location = (root / name).as_uri() if root is not None else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str | None = None,
+                        tags: dict[str, str] | None = None):
+    """Start a new run in the dataset's experiment, or reopen `run_id`; use it as a context manager.
+
+    A new run is tagged `genrec.family=genrec`, `genrec.dataset=<dataset>` and `genrec.git_commit`
+    (HEAD, `-dirty` when tracked files changed, `none` outside a repository), then with `tags`
+    (which may override them, e.g. `{"genrec.family": "p5"}`).
+
+    Returns:
+        mlflow.ActiveRun (ends the run on leaving the `with` block; FAILED if it raised).
+    """
+    import mlflow
+
+    experiment_id = ensure_experiment(params)
+    if run_id is not None:
+        return mlflow.start_run(run_id=run_id)
+    defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset, "genrec.git_commit": git_commit() or "none"}
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**defaults, **(tags or {})})
+
+
+def run_exists(params: Params, run_id: str) -> bool:
+    """Whether `run_id` is a live (not deleted) run in the current tracking store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri(params))
+    try:
+        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def write_run_file(path: str | Path, run) -> Path:
+    """Save {run_id, experiment_id, tracking_uri} of an active run as JSON (the lineage link)."""
+    import mlflow
+
+    return write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                             "tracking_uri": mlflow.get_tracking_uri()})
+
+
+def read_run_id(model_dir: str | Path) -> str:
+    """The MLflow run id saved beside a model by the stage that trained it.
+
+    Raises:
+        FileNotFoundError: naming the missing file and the stage that writes it.
+    """
+    path = Path(model_dir) / RUN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no MLflow run id; rerun the training stage that writes {RUN_FILE}")
+    return json.loads(path.read_text(encoding="utf-8"))["run_id"]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to {"a.b.c": value}; lists stay values."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def log_params(params: Params, extra: dict[str, Any] | None = None) -> None:
+    """Log the resolved params (flattened, e.g. `train.lora.r`) plus `extra` to the active run."""
+    import mlflow
+
+    flat = flatten(to_dict(params))
+    flat.update(flatten(extra or {}))
+    mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items()})
+
+
+def log_metrics_file(path: str | Path, prefix: str = "", step: int | None = None) -> dict[str, float]:
+    """Log every number in a JSON metrics file (nested keys joined by '.') to the active run.
+
+    Returns:
+        The metrics logged, by name.
+    """
+    import mlflow
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    flat = flatten(data, prefix.rstrip(".")) if prefix else flatten(data)
+    metrics = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log_metrics(metrics, step=step)
+    return metrics
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD's commit hash, with `-dirty` if tracked files changed; None outside a repo or before a commit."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def data_hashes(paths: Iterable[str | Path], lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """A content hash per input path: DVC's md5 from `lock_path` when it records the path as an out,
+    else a sha256 computed here (over the sorted relative names and contents of a directory).
+
+    Returns:
+        {path as given: "md5:<hex>" or "sha256:<hex>"}.
+    """
+    recorded = _dvc_lock_hashes(Path(lock_path))
+    out = {}
+    for path in paths:
+        key = os.path.normpath(str(path))
+        rel = os.path.normpath(os.path.relpath(Path(path).resolve(), Path(lock_path).resolve().parent))
+        out[str(path)] = recorded.get(rel) or recorded.get(key) or f"sha256:{sha256_path(Path(path))}"
+    return out
+
+
+def _dvc_lock_hashes(lock_path: Path) -> dict[str, str]:
+    if not lock_path.exists():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    hashes = {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if "md5" in out:
+                hashes[os.path.normpath(out["path"])] = f"md5:{out['md5']}"
+    return hashes
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's sorted (relative name, file sha256) pairs."""
+    if path.is_file():
+        return _sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{_sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,277 @@
+"""The train stage on a tiny random LLaMA and real TRL/PEFT/MLflow (SQLite in tmp_path).
+
+One module-scoped training run backs most tests: the LoRA weights changed, the adapter reloads to the
+same validation loss, the MLflow run holds params/metrics/artifacts/tags; a second run is killed
+part-way in a subprocess and resumed to the same number of optimizer steps; each bad input fails
+before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from genrec import sft, tracking
+from genrec.errors import DataError
+from genrec.params import LoraParams, Params, TrackingParams, TrainParams, load_params, to_dict
+from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
+from genrec.stages import train
+
+ROOT = Path(__file__).resolve().parents[2]
+TITLES = [f"{word} {n} ({1980 + n % 30})" for n in range(40)
+          for word in ("Toy Story", "Heat", "American President, The", "Amélie")][:80]
+TRAIN_RECORDS, VALID_RECORDS = 24, 8
+# 24 records, batch 4 -> 6 optimizer steps an epoch, 2 epochs -> 12 steps.
+EXPECTED_STEPS = 12
+
+
+def tiny_train_params(**overrides) -> TrainParams:
+    base = dict(seed=7, epochs=2, max_train_samples=None, max_valid_samples=None, batch_size=4,
+                micro_batch_size=2, learning_rate=1e-2, warmup=1, max_seq_length=128, bf16=False,
+                logging_steps=1, eval_steps=6, save_steps=1, save_total_limit=2,
+                accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
+                lora=LoraParams(r=4, alpha=8, dropout=0.0))
+    base.update(overrides)
+    return TrainParams(**base)
+
+
+def tiny_params(tmp: Path, **train_overrides) -> Params:
+    return Params(dataset="tiny", train=tiny_train_params(**train_overrides),
+                  tracking=TrackingParams(uri=f"sqlite:///{tmp / 'mlflow.db'}"))
+
+
+def write_prompts(folder: Path, n_train: int = TRAIN_RECORDS, n_valid: int = VALID_RECORDS) -> Path:
+    """Records as the prompts stage writes them (template.json + train/valid.jsonl)."""
+    rng = random.Random(0)
+    template = PromptTemplate(max_history=6)
+    folder.mkdir(parents=True)
+    template.save(folder / "template.json")
+    for name, n in (("train", n_train), ("valid", n_valid)):
+        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for i in range(n):
+                titles = rng.sample(TITLES, 7)
+                history, target = titles[:-1], titles[-1]
+                fh.write(json.dumps({
+                    "user_id": f"u{i}", "target_position": 6, "instruction": rng.choice(INSTRUCTIONS),
+                    "input": format_history(history, "lines"), "output": target,
+                    "history_item_ids": [str(TITLES.index(t)) for t in history], "history_titles": history,
+                    "target_item_id": str(TITLES.index(target))}) + "\n")
+    return folder
+
+
+def write_tiny_backbone(folder: Path, texts: list[str]) -> Path:
+    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Backbone + prompts folders shared by the module."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    prompts = write_prompts(tmp / "prompts")
+    texts = [line for name in ("train", "valid") for line in (prompts / f"{name}.jsonl").read_text().splitlines()]
+    texts += list(INSTRUCTIONS) + [PromptTemplate().template]
+    return {"tmp": tmp, "base": write_tiny_backbone(tmp / "base", texts), "prompts": prompts}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    """One in-process training run: (params, result, out_dir)."""
+    params = tiny_params(tiny["tmp"])
+    out = tiny["tmp"] / "models" / "genrec"
+    result = train.run(params, base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=out)
+    return params, result, out
+
+
+def test_outputs_are_complete_and_checkpoints_removed(trained, tiny):
+    params, result, out = trained
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "template.json",
+                 "config.json", "trainer_state.json", "mlflow_run.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "template.json").read_text()) == json.loads((tiny["prompts"] / "template.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["params"] == to_dict(params)
+    assert config["base_model"]["model_type"] == "llama"
+    assert config["training"]["global_step"] == EXPECTED_STEPS == result["global_step"]
+    assert config["training"]["records"] == TRAIN_RECORDS
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == result["run_id"]
+    assert not train.checkpoint_dir(out).exists()
+    assert [p.name for p in out.parent.iterdir()] == ["genrec"]  # no temporary leftovers
+
+
+def test_lora_weights_changed_from_their_initialisation(trained, tiny):
+    from peft import get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, set_seed
+
+    params, _, out = trained
+    saved = load_file(out / "adapter_model.safetensors")
+    set_seed(params.train.seed)
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base"]), sft.lora_config(params.train.lora))
+    initial = get_peft_model_state_dict(fresh)
+    assert set(saved) == set(initial) and len(saved) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    for name, tensor in saved.items():
+        assert not torch.equal(tensor, initial[name]), name
+
+
+def test_adapter_reloads_to_the_same_validation_loss(trained, tiny):
+    """PeftModel.from_pretrained on the saved adapter reproduces the trained model's eval loss exactly."""
+    from peft import PeftModel
+    from trl import SFTTrainer
+
+    from genrec.backbone import load_backbone
+
+    params, result, out = trained
+    base, tokenizer = load_backbone(tiny["base"], dtype="float32")
+    model = PeftModel.from_pretrained(base, out)
+    template = PromptTemplate.load(out / "template.json")
+    valid, _ = sft.prompt_dataset(tiny["prompts"] / "valid.jsonl", template, tokenizer,
+                                    params.train.max_seq_length, None, params.train.seed)
+    config = sft.sft_config(params, tiny["tmp"] / "reload", num_processes=1)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=valid, eval_dataset=valid, processing_class=tokenizer)
+    with sft.completion_positions_only(True):
+        reloaded = trainer.evaluate()["eval_loss"]
+    assert reloaded == pytest.approx(result["eval_loss"], abs=1e-5)
+    base_loss = SFTTrainer(model=load_backbone(tiny["base"], dtype="float32")[0], args=config, train_dataset=valid,
+                           eval_dataset=valid,
+                           processing_class=tokenizer).evaluate()["eval_loss"]
+    assert base_loss - reloaded > 0.1  # the adapter matters
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_tags(trained, tiny):
+    from mlflow.tracking import MlflowClient
+
+    params, result, out = trained
+    client = MlflowClient(params.tracking.uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "genrec-tiny"
+    assert run.data.tags["genrec.family"] == "genrec" and run.data.tags["genrec.dataset"] == "tiny"
+    assert run.data.tags["genrec.git_commit"]  # HEAD (or "none" outside a repository)
+    assert run.data.params["train.lora.r"] == "4"
+    assert run.data.params["train.learning_rate"] == "0.01"
+    assert run.data.params["data.base"].startswith("sha256:")  # no dvc.lock here: computed
+    assert run.data.params["data.prompts"] == tracking.data_hashes([tiny["prompts"]])[str(tiny["prompts"])]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, EXPECTED_STEPS + 1))
+    assert losses[-1].value < losses[0].value  # training loss falls
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")} == {6, 12}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/adapter_model.safetensors", "model/template.json", "model/config.json"} <= artifacts
+    assert "prompt_template.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(Path(params.tracking.uri[10:]).parent)
+
+
+def test_resume_after_kill_reaches_the_same_step_in_the_same_run(trained, tiny, tmp_path):
+    params_path = tmp_path / "params.yaml"
+    params = tiny_params(tiny["tmp"])
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    out = tmp_path / "genrec"
+    ckpts = train.checkpoint_dir(out)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "genrec.cli", "train", "--params", str(params_path), "--base", str(tiny["base"]),
+           "--prompts", str(tiny["prompts"]), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (ckpts / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint-3 within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    killed_run = json.loads((ckpts / train.STATE_FILE).read_text())["run_id"]
+
+    result = train.run(load_params(params_path), base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=out)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert result["resumed_from"].startswith("checkpoint-")
+    assert state["global_step"] == trained[1]["global_step"] == EXPECTED_STEPS
+    assert result["run_id"] == killed_run
+
+
+def _bad_run(tiny, tmp_path, params=None, base=None, prompts=None):
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as err:
+        train.run(params or tiny_params(tmp_path), base_dir=base or tiny["base"],
+                  prompts_dir=prompts or tiny["prompts"], out_dir=out)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not train.checkpoint_dir(out).exists() and not (tmp_path / "mlflow.db").exists()
+    return str(err.value)
+
+
+def test_model_directory_without_tokenizer(tiny, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny["base"], base, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    assert "no tokenizer" in _bad_run(tiny, tmp_path, base=base)
+
+
+def test_lora_targets_absent_from_the_model(tiny, tmp_path):
+    params = tiny_params(tmp_path, lora=LoraParams(target_modules=["q_proj", "query_key_value"]))
+    message = _bad_run(tiny, tmp_path, params=params)
+    assert "train.lora.target_modules" in message and "query_key_value" in message and "v_proj" in message
+
+
+def test_accelerate_profile_that_does_not_exist(tiny, tmp_path):
+    message = _bad_run(tiny, tmp_path, params=tiny_params(tmp_path, accelerate_profile="8tpu"))
+    assert "train.accelerate_profile='8tpu'" in message
+
+
+def test_empty_prompts_file(tiny, tmp_path):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(tiny["prompts"], prompts)
+    (prompts / "train.jsonl").write_text("\n")
+    assert "no prompt records" in _bad_run(tiny, tmp_path, prompts=prompts)
+
+
+def test_resume_point_skips_other_configurations_and_half_written_checkpoints(tmp_path):
+    ckpts = tmp_path / "genrec.checkpoints"
+    (ckpts / "checkpoint-2").mkdir(parents=True)
+    (ckpts / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (ckpts / "checkpoint-3").mkdir()  # killed while saving: no trainer_state.json yet
+    (ckpts / train.STATE_FILE).write_text(json.dumps({"fingerprint": "a", "run_id": "r"}))
+    assert train.find_resume_point(ckpts, "auto", "a") == (ckpts / "checkpoint-2", "r")
+    assert train.find_resume_point(ckpts, "auto", "b") == (None, None)
+    assert train.find_resume_point(ckpts, "never", "a") == (None, None)
+    train.prepare_checkpoint_dir(ckpts, ckpts / "checkpoint-2")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", train.STATE_FILE]
+    train.prepare_checkpoint_dir(ckpts, None)
+    assert list(ckpts.iterdir()) == []
+
+
+def test_fingerprint_ignores_logging_but_not_training_params(tmp_path):
+    hashes = {"base": "md5:1"}
+    params = tiny_params(tmp_path)
+    same = tiny_params(tmp_path, logging_steps=3, eval_steps=None, resume="never")
+    other = tiny_params(tmp_path, learning_rate=1e-3)
+    assert train.config_fingerprint(params, hashes) == train.config_fingerprint(same, hashes)
+    assert train.config_fingerprint(params, hashes) != train.config_fingerprint(other, hashes)
+    assert train.config_fingerprint(params, hashes) != train.config_fingerprint(params, {"base": "md5:2"})

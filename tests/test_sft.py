@@ -1,0 +1,159 @@
+"""genrec.sft: prompt records to a TRL dataset, the EOS check, the LM-head compaction, the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from genrec import sft
+from genrec.errors import DataError
+from genrec.params import LoraParams, Params, TrainParams
+from genrec.prompts import PromptTemplate
+
+TITLES = [f"Film number {n}, The ({1950 + n})" for n in range(30)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE tokenizer (like SmolLM2's) trained on the titles."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(TITLES + [PromptTemplate().template], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+
+
+def write_records(path: Path, n: int, history: int = 8) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            titles = TITLES[i % 10:i % 10 + history + 1]
+            fh.write(json.dumps({"user_id": f"u{i}", "instruction": "Which title comes next?",
+                                 "history_titles": titles[:-1], "output": titles[-1]}) + "\n")
+    return path
+
+
+def test_prompt_dataset_fits_the_budget_and_counts_truncation(tokenizer, tmp_path):
+    path = write_records(tmp_path / "train.jsonl", 6)
+    template = PromptTemplate(max_history=8)
+    data, stats = sft.prompt_dataset(path, template, tokenizer, max_tokens=10_000, limit=None, seed=0)
+    assert stats == {"records": 6, "truncated": 0, "titles_dropped": 0}
+    full = len(tokenizer(data[0]["prompt"] + data[0]["completion"])["input_ids"])
+    data, stats = sft.prompt_dataset(path, template, tokenizer, max_tokens=full - 5, limit=None, seed=0)
+    assert stats["truncated"] == 6 and stats["titles_dropped"] >= 6
+    for row in data:
+        assert len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1 <= full - 5
+        assert row["completion"] in TITLES  # the target is never cut
+
+
+def test_prompt_dataset_subsample_is_seeded(tokenizer, tmp_path):
+    path = write_records(tmp_path / "train.jsonl", 20)
+    template = PromptTemplate()
+    first = sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
+    assert first == sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
+    assert first != sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=4)[0]["prompt"]
+    assert len(first) == 5
+
+
+def test_prompt_dataset_bad_records_name_the_row(tokenizer, tmp_path):
+    path = write_records(tmp_path / "train.jsonl", 2)
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(DataError, match="row 3"):
+        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
+    path.write_text(json.dumps({"instruction": "x", "history_titles": []}) + "\n")
+    with pytest.raises(DataError, match="row 1.*'output'"):
+        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
+    write_records(path, 1)
+    with pytest.raises(DataError, match="train.max_seq_length"):
+        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 5, None, 0)
+
+
+def test_sft_config_carries_the_params(tmp_path):
+    tp = TrainParams(batch_size=16, micro_batch_size=4, learning_rate=3e-4, warmup=0.1, max_steps=7, bf16=False,
+                     eval_steps=None)
+    config = sft.sft_config(Params(train=tp), tmp_path, num_processes=2)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (4, 2)
+    assert (config.learning_rate, config.warmup_steps, config.max_steps, config.max_length) == (3e-4, 0.1, 7, 256)
+    assert config.completion_only_loss and not config.bf16 and config.eval_strategy == "no"
+    assert config.report_to == []  # the stage logs to MLflow itself, into the run whose id it saves
+    lora = sft.lora_config(LoraParams())
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules)) == (8, 16, 0.05, {"q_proj", "v_proj"})
+
+
+def test_completion_positions_only_gives_the_same_loss_and_gradients():
+    """TRL's fused head with every position scored, with only labelled ones, and plain full logits agree."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    add_fused_lm_head(model)
+    model = get_peft_model(model, sft.lora_config(LoraParams(dropout=0.0)))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # off its zero init, so that lora_A gets gradients too
+            torch.nn.init.normal_(param, std=0.02)
+    ids = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :15] = -100
+    shifted = labels[:, 1:]
+
+    def loss_and_grads(mode):
+        model.zero_grad()
+        if mode == "logits":
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+            log_probs = log_probs.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (shifted != -100)
+        else:
+            with sft.completion_positions_only(mode == "compact"):
+                log_probs = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        loss = -log_probs.sum() / (shifted != -100).sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    ref_loss, ref_grads = loss_and_grads("logits")
+    assert all(g.abs().max() > 0 for g in ref_grads)
+    for mode in ("every position", "compact"):
+        loss, grads = loss_and_grads(mode)
+        assert torch.allclose(loss, ref_loss, atol=1e-6), mode
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, ref_grads)), mode
+
+
+def test_check_prepared_rejects_a_double_or_missing_eos():
+    from datasets import Dataset
+
+    ok = {"input_ids": [[5, 6, 7, 2]], "labels": [[-100, -100, 7, 2]]}
+    assert sft.check_prepared(Dataset.from_dict(ok), eos_token_id=2, max_length=8) == {
+        "tokens": 4, "completion_tokens": 2}
+    for bad in ({"input_ids": [[5, 6, 2, 2]], "labels": [[-100, -100, 2, 2]]},   # tokenizer added a second EOS
+                {"input_ids": [[5, 6, 7, 8]], "labels": [[-100, -100, 7, 8]]}):  # truncated: EOS cut off
+        with pytest.raises(RuntimeError, match="exactly one EOS"):
+            sft.check_prepared(Dataset.from_dict(bad), eos_token_id=2, max_length=8)
+
+
+def test_batch_size_must_split_over_micro_batches_and_processes(tmp_path):
+    assert sft.accumulation_steps(TrainParams(batch_size=128, micro_batch_size=4), num_processes=4) == 8
+    with pytest.raises(DataError, match="train.batch_size=6"):
+        sft.accumulation_steps(TrainParams(batch_size=6, micro_batch_size=2), num_processes=2)
+
+
+def test_verify_adapter_fails_loudly_on_empty_or_untrained_adapters(tmp_path):
+    from safetensors.torch import save_file
+
+    initial = {"m.lora_A.weight": torch.ones(2, 4), "m.lora_B.weight": torch.zeros(4, 2)}
+    path = tmp_path / "adapter_model.safetensors"
+    with pytest.raises(RuntimeError, match="saved 0 tensors"):
+        sft.verify_adapter(tmp_path, initial)  # no file at all
+    save_file({"m.lora_A.weight": torch.ones(2, 4)}, path)
+    with pytest.raises(RuntimeError, match="saved 1 tensors"):
+        sft.verify_adapter(tmp_path, initial)
+    save_file({k: v.clone() for k, v in initial.items()}, path)
+    with pytest.raises(RuntimeError, match="still equal their initialisation"):
+        sft.verify_adapter(tmp_path, initial)
+    save_file({"m.lora_A.weight": torch.ones(2, 4), "m.lora_B.weight": torch.full((4, 2), 1e-3)}, path)
+    sft.verify_adapter(tmp_path, initial)

@@ -1,0 +1,112 @@
+"""genrec.tracking on a real MLflow SQLite store in tmp_path: experiments, runs, lineage helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genrec import tracking
+from genrec.params import Params, TrackingParams
+
+
+def params_for(tmp: Path, dataset: str = "tiny") -> Params:
+    return Params(dataset=dataset, tracking=TrackingParams(uri=f"sqlite:///{tmp / 'mlflow.db'}"))
+
+
+@pytest.fixture
+def no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_runs_are_tagged_resumable_and_store_artifacts_beside_the_db(tmp_path, no_env_uri):
+    import mlflow
+
+    params = params_for(tmp_path)
+    with tracking.start_or_resume_run(params, run_name="first") as run:
+        tracking.log_params(params, {"data": {"models/base": "md5:abc"}})
+        mlflow.log_text("hello", "note.txt")
+        tracking.write_run_file(tmp_path / "model" / tracking.RUN_FILE, run)
+    run_id = tracking.read_run_id(tmp_path / "model")
+    assert run_id == run.info.run_id
+    saved = json.loads((tmp_path / "model" / tracking.RUN_FILE).read_text())
+    assert saved["tracking_uri"] == params.tracking.uri and saved["experiment_id"] == run.info.experiment_id
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"hr": {"5": 0.1, "10": 0.2}, "users": 3, "name": "x", "ok": True}))
+    with tracking.start_or_resume_run(params, run_id=run_id) as again:
+        logged = tracking.log_metrics_file(metrics, prefix="test")
+    assert again.info.run_id == run_id
+    assert logged == {"test.hr.5": 0.1, "test.hr.10": 0.2, "test.users": 3.0}
+
+    client = mlflow.MlflowClient(params.tracking.uri)
+    stored = client.get_run(run_id)
+    assert stored.data.tags["genrec.family"] == "genrec" and stored.data.tags["genrec.dataset"] == "tiny"
+    assert stored.data.params["train.lora.r"] == "8" and stored.data.params["data.models/base"] == "md5:abc"
+    assert stored.data.metrics["test.hr.10"] == 0.2
+    experiment = client.get_experiment(stored.info.experiment_id)
+    assert experiment.name == "genrec-tiny"
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "genrec-tiny").as_uri()
+    assert list((tmp_path / "mlartifacts" / "genrec-tiny").rglob("note.txt"))
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
+    assert tracking.run_exists(params, run_id) and not tracking.run_exists(params, "0" * 32)
+    with tracking.start_or_resume_run(params, tags={"genrec.family": "p5"}) as other:
+        pass
+    assert client.get_run(other.info.run_id).data.tags["genrec.family"] == "p5"
+    assert client.get_run(other.info.run_id).info.experiment_id == stored.info.experiment_id
+
+
+def test_environment_uri_wins_over_params(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    params = params_for(tmp_path)
+    assert tracking.tracking_uri(params) == f"sqlite:///{tmp_path / 'env.db'}"
+    assert tracking.artifact_root(params, tracking.tracking_uri(params)) == tmp_path / "mlartifacts"
+    assert tracking.artifact_root(params, "http://127.0.0.1:5000") is None
+
+
+def test_read_run_id_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mlflow_run.json"):
+        tracking.read_run_id(tmp_path)
+
+
+def test_flatten():
+    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_data_hashes_prefer_dvc_lock_and_fall_back_to_sha256(tmp_path):
+    prompts = tmp_path / "data" / "prompts"
+    prompts.mkdir(parents=True)
+    (prompts / "train.jsonl").write_text("a\n")
+    base = tmp_path / "models" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"prompts": {"outs": [
+        {"path": "data/prompts", "hash": "md5", "md5": "0123.dir", "size": 2, "nfiles": 1}]}}}))
+    hashes = tracking.data_hashes([prompts, base], lock_path=lock)
+    assert hashes[str(prompts)] == "md5:0123.dir"
+    before = hashes[str(base)]
+    assert before.startswith("sha256:") and len(before) == len("sha256:") + 64
+    assert tracking.data_hashes([base], lock_path=lock)[str(base)] == before  # stable
+    (base / "config.json").write_text('{"x": 1}')
+    assert tracking.data_hashes([base], lock_path=lock)[str(base)] != before  # content changes it
+    assert tracking.data_hashes([prompts], lock_path=tmp_path / "no.lock")[str(prompts)].startswith("sha256:")
+
+
+def test_git_commit(tmp_path):
+    assert tracking.git_commit(tmp_path) is None  # not a repository
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    assert tracking.git_commit(tmp_path) is None  # no commit yet
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-q", "-m", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert tracking.git_commit(tmp_path) == head
+    (tmp_path / "f").write_text("y")
+    assert tracking.git_commit(tmp_path) == head + "-dirty"

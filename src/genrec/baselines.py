@@ -207,10 +207,3 @@ def write_predictions(path: str | Path, predictions: list[dict]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
         for row in predictions:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def split_fingerprint(processed_dir: str | Path) -> str:
-    """Fingerprint of the split files the metrics were computed on (the report compares them)."""
-    from genrec.io import fingerprint
-
-    return fingerprint(*(Path(processed_dir) / f"{name}.parquet" for name in SPLIT_FILES))

@@ -53,3 +53,8 @@ def fingerprint(*paths: str | Path) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+def split_fingerprint(processed_dir: str | Path) -> str:
+    """Fingerprint of a split (its train/valid/test.parquet): every metrics file carries it."""
+    return fingerprint(*(Path(processed_dir) / f"{name}.parquet" for name in ("train", "valid", "test")))

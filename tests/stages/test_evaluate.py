@@ -21,7 +21,7 @@ from genrec.tracking import data_hashes
 TITLES = [f"{word} {n} ({1980 + n})" for n in range(12) for word in ("Heat", "Toy Story", "President, The")]
 SHARED = "Hamlet (2000)"  # carried by two items, as 5 titles are in ml-latest-small
 USERS = 6
-TIMING = ("decode_seconds", "users_per_s")
+TIMING = ("decode_seconds", "users_per_s", "eval_seconds")
 
 
 def write_tiny_backbone(folder: Path, texts: list[str]) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from genrec.errors import DataError
-from genrec.io import atomic_path, write_json
+from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
 from genrec.params import EvalParams, Params
 from genrec.prompts import PromptTemplate, completion_token_ids, fit_to_token_budget
@@ -51,6 +51,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
             another backbone.
     """
     e = params.eval
+    start = time.perf_counter()
     base_dir, prompts_dir, processed_dir = Path(base_dir), Path(prompts_dir), Path(processed_dir)
     records = sample_users(read_records(prompts_dir / f"{e.split}.jsonl"), e.max_users, e.seed)
     catalogue = read_catalogue(processed_dir / "items.parquet")
@@ -63,6 +64,10 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     hopeless = sum(len(titles) == len(catalogue.titles) for titles in excluded)
     metrics = summarise(records, lists, e, seconds, truncated=truncated, hopeless=hopeless,
                         shared_titles=catalogue.shared_titles(), max_new_tokens=max_new_tokens)
+    # What the report needs to put every model in one table, and to refuse a comparison across splits.
+    metrics.update(model="genrec" if model_dir is not None else "backbone",
+                   split_fingerprint=split_fingerprint(processed_dir),
+                   train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
     write_predictions(predictions_path, records, lists)
     write_json(metrics_path, metrics)
     log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(records),
@@ -70,6 +75,14 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     if model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists():
         log_to_mlflow(params, Path(model_dir), metrics_path, predictions_path)
     return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
+
+
+def _train_seconds(model_dir: Path | None) -> float | None:
+    """Training wall time recorded by the train stage in `config.json`, if any."""
+    path = Path(model_dir) / "config.json" if model_dir is not None else None
+    if path is None or not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("train_seconds")
 
 
 def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogue, prompts: list[list[int]],

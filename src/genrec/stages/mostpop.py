@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from genrec import baselines
-from genrec.io import write_json
+from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def run(params: Params, *, processed_dir: Path, metrics_path: Path, predictions_
     codes, values = baselines.rank_by_popularity(counts, histories, e.num_beams, e.exclude_history)
     seconds = time.perf_counter() - start
     metrics, predictions = baselines.evaluate_ranking(data, users, targets, codes, values, e, seconds=seconds)
-    metrics.update({"model": "mostpop", "split_fingerprint": baselines.split_fingerprint(processed_dir),
+    metrics.update({"model": "mostpop", "split_fingerprint": split_fingerprint(processed_dir),
                     "train_seconds": round(train_seconds, 2), "eval_seconds": round(time.perf_counter() - start, 2)})
     baselines.write_predictions(predictions_path, predictions)
     write_json(metrics_path, metrics)

@@ -26,7 +26,7 @@ import numpy as np
 
 from genrec import p5
 from genrec.errors import DataError
-from genrec.io import atomic_path, fingerprint, write_json
+from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
 from genrec.params import Params
 from genrec.stages.evaluate import log_to_mlflow, read_catalogue, sample_users
@@ -49,8 +49,8 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     e = params.eval
     started = time.perf_counter()
     meta = read_meta(model_dir)
-    split_fingerprint = fingerprint(*(processed_dir / f"{name}.parquet" for name in SPLITS))
-    p5.check_checkpoint(meta, params.dataset, split_fingerprint, model_dir / p5.META_FILE)
+    split_hash = split_fingerprint(processed_dir)
+    p5.check_checkpoint(meta, params.dataset, split_hash, model_dir / p5.META_FILE)
     seqs = load_sequences(processed_dir)
     index = p5.ItemIndex.load(model_dir / p5.INDEX_FILE)
     index.check_covers(seqs.item_ids, model_dir / p5.INDEX_FILE)
@@ -83,7 +83,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles(),
                         max_prompt_tokens=meta["max_input_tokens"])
     metrics.update({"model": "p5", "backbone": meta["backbone"], "indexing": meta["indexing"],
-                    "split_fingerprint": split_fingerprint,
+                    "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})
     write_predictions(predictions_path, users, targets, titles, lists)

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from genrec import p5, tracking
-from genrec.io import atomic_path, fingerprint, write_json
+from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.params import Params, to_dict
 from genrec.stages.prompts import SPLITS, Sequences, load_sequences, target_rows
 
@@ -52,7 +52,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path) -> dict:
     processed_dir, model_dir = Path(processed_dir), Path(model_dir)
     p = params.p5
     seqs = load_sequences(processed_dir)
-    split_fingerprint = fingerprint(*(processed_dir / f"{name}.parquet" for name in SPLITS))
+    split_hash = split_fingerprint(processed_dir)
     index = build_index(params, seqs)
     numbers = np.array([index.ids[item] for item in seqs.item_ids], dtype=np.int64)[seqs.item]
     history = p.max_history or params.prompts.max_history
@@ -73,14 +73,14 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path) -> dict:
         mlflow.set_tags({"genrec.family": "p5", "genrec.backbone": label})
         mlflow.log_params({k: str(v)[:tracking.MAX_PARAM_LENGTH] for k, v in tracking.flatten(
             {"dataset": params.dataset, "split": to_dict(params.split), "prompts": to_dict(params.prompts),
-             "p5": to_dict(p), "split_fingerprint": split_fingerprint}).items()})
+             "p5": to_dict(p), "split_fingerprint": split_hash}).items()})
         start, cpu_start = time.perf_counter(), time.process_time()
         summary = train_loop(model, train_data, valid_data, params, tokenizer.pad_token_id)
         # CPU seconds (all threads) beside the wall time: on a shared machine the wall time says little.
         summary.update(train_seconds=time.perf_counter() - start, train_cpu_seconds=time.process_time() - cpu_start,
                        examples=len(train), prompts_truncated=truncated, device=device)
         mlflow.log_metrics({"p5.train_seconds": summary["train_seconds"]})
-        meta = {"dataset": params.dataset, "split_fingerprint": split_fingerprint, "backbone": label,
+        meta = {"dataset": params.dataset, "split_fingerprint": split_hash, "backbone": label,
                 "backbone_source": p.backbone, "num_parameters": model.num_parameters(),
                 "architecture": {k: getattr(model.config, k) for k in ARCHITECTURE_KEYS}, "indexing": index.method,
                 "phrasings": list(p5.PHRASINGS), "phrasing_seed": p.seed, "max_history": history,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from genrec import registry
 from genrec.errors import DataError
-from genrec.io import fingerprint, write_json
+from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
         if not path.exists():
             raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
     tags = version_tags(valid, test, config, params,
-                        split_fingerprint=fingerprint(*(processed_dir / f"{name}.parquet" for name in SPLITS)))
+                        split_fingerprint=split_fingerprint(processed_dir))
     version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=Path(base_dir),
                                                  items_path=items_path, tags=tags)
     decision = registry.promote(params, version)

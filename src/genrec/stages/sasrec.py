@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from genrec import baselines, sasrec
-from genrec.io import atomic_path, write_json
+from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.params import Params, to_dict
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     """
     e, cfg = params.eval, params.sasrec
     data = baselines.read_split(processed_dir)
-    fingerprint = baselines.split_fingerprint(processed_dir)
+    fingerprint = split_fingerprint(processed_dir)
     start = time.perf_counter()
     model, history = sasrec.train_sasrec(data, cfg, e.exclude_history)
     train_seconds = time.perf_counter() - start

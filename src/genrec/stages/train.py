@@ -92,6 +92,7 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> 
         state.wait_for_everyone()
         summary = {**train_stats, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
                    "eval_loss": eval_loss, "resumed_from": resume_from and resume_from.name,
+                   "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
                    "effective_batch_size": tp.batch_size, "processes": state.num_processes,
                    "bf16": trainer.args.bf16, "device": str(trainer.args.device)}
         if main:

@@ -206,7 +206,9 @@ def check_same_backbone(base_dir: Path, model_dir: Path, model) -> None:
         raise DataError("no config.json beside the adapter", path=model_dir, fix="evaluate a folder written by "
                         "`genrec train`")
     trained_on = json.loads(config_path.read_text(encoding="utf-8")).get("base_model") or {}
-    here = {"path": str(base_dir), "model_type": model.config.model_type, "num_parameters": model.num_parameters()}
+    # The train stage counts the backbone with its LoRA layers injected: add them back before comparing.
+    count = model.num_parameters() + int(trained_on.get("trainable_parameters") or 0)
+    here = {"path": str(base_dir), "model_type": model.config.model_type, "num_parameters": count}
     recorded = trained_on.get("hash")
     if recorded:
         here["hash"] = data_hashes([base_dir])[str(base_dir)]

@@ -214,6 +214,7 @@ def _step(path: Path) -> int:
 
 
 def backbone_info(base_dir: Path, model, hashes: dict[str, str]) -> dict:
+    """What the adapter was trained on; `num_parameters` counts the backbone with the LoRA layers injected."""
     config = model.get_base_model().config
     return {"path": str(base_dir), "hash": hashes.get(str(base_dir)), "model_type": config.model_type,
             "architectures": config.architectures, "num_parameters": model.get_base_model().num_parameters(),

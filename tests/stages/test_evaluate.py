@@ -51,7 +51,6 @@ def write_adapter(folder: Path, base: Path, template: PromptTemplate) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(base)
-    n_params = model.num_parameters()
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(1)
     for name, param in peft.named_parameters():
@@ -60,8 +59,11 @@ def write_adapter(folder: Path, base: Path, template: PromptTemplate) -> Path:
     peft.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     template.save(folder / "template.json")
+    # As genrec.stages.train.backbone_info records it: the count includes the injected LoRA layers.
     (folder / "config.json").write_text(json.dumps({"base_model": {
-        "path": str(base), "hash": data_hashes([base])[str(base)], "model_type": "llama", "num_parameters": n_params}}))
+        "path": str(base), "hash": data_hashes([base])[str(base)], "model_type": "llama",
+        "num_parameters": peft.get_base_model().num_parameters(),
+        "trainable_parameters": peft.get_nb_trainable_parameters()[0]}}))
     return folder
 
 
@@ -203,6 +205,21 @@ def test_adapter_from_another_backbone_is_refused_by_name(world, tmp_path):
     with pytest.raises(DataError, match=r"models/other-base.*" + str(world["base"]).replace("/", ".")):
         run(world, tmp_path, model_dir=adapter)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_backbone_copy_with_another_hash_kind_is_accepted_by_shape(world, tmp_path):
+    """A registry copy of the backbone has no dvc.lock md5: the check falls back to type and size."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    config = json.loads((adapter / "config.json").read_text())
+    config["base_model"].update(path="models/base", hash="md5:" + "0" * 32)
+    (adapter / "config.json").write_text(json.dumps(config))
+    run(world, tmp_path, model_dir=adapter)
+    assert (tmp_path / "metrics.json").exists()
+    config["base_model"]["num_parameters"] += 1
+    (adapter / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="another backbone"):
+        run(world, tmp_path, model_dir=adapter)
 
 
 def test_failed_run_leaves_the_old_metrics_whole(world, tmp_path):

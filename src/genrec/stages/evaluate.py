@@ -273,12 +273,18 @@ def ranked_entries(hyps, catalogue: Catalogue, tokenizer, constrained: bool) -> 
     return entries
 
 
-def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, seconds: float, **counts) -> dict:
-    """Metrics, integrity shares, counts and the protocol, as written to the metrics file."""
+def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, seconds: float, *,
+              beam_key=lambda entry: entry["title"], protocol: dict | None = None, **counts) -> dict:
+    """Metrics, integrity shares, counts and the protocol, as written to every model's metrics file.
+
+    Args:
+        beam_key: what makes a beam valid and distinct (a title here; P5 passes the item id).
+        protocol: entries that differ from this evaluator's protocol (P5's ranking and token budgets).
+    """
     ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
              for r, entries in zip(records, lists)]
     metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    metrics.update(integrity_metrics([[entry["title"] for entry in entries] for entries in lists], e.num_beams))
+    metrics.update(integrity_metrics([[beam_key(entry) for entry in entries] for entries in lists], e.num_beams))
     metrics.update({"users": len(records), "decode_seconds": round(seconds, 2),
                     "users_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
                     "prompts_truncated": counts["truncated"], "users_without_candidates": counts["hopeless"],
@@ -289,7 +295,8 @@ def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, secon
                                  "max_new_tokens": counts["max_new_tokens"], "max_users": e.max_users,
                                  "max_prompt_tokens": e.max_prompt_tokens, "dtype": e.dtype,
                                  "ranking": "full catalogue, generative",
-                                 "invalid_beams": "misses" if not e.constrained else "impossible"}})
+                                 "invalid_beams": "misses" if not e.constrained else "impossible",
+                                 **(protocol or {})}})
     return metrics
 
 

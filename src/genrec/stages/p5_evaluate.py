@@ -27,9 +27,8 @@ import numpy as np
 from genrec import p5
 from genrec.errors import DataError
 from genrec.io import atomic_path, split_fingerprint, write_json
-from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
 from genrec.params import Params
-from genrec.stages.evaluate import log_to_mlflow, read_catalogue, sample_users
+from genrec.stages.evaluate import log_to_mlflow, read_catalogue, sample_users, summarise
 from genrec.stages.p5_train import encode
 from genrec.stages.prompts import SPLITS, load_sequences, target_rows
 
@@ -79,9 +78,16 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     lists = [ranked_entries(beams, item_of_token, titles, tokenizer) for beams in ranked]
     targets = [item_of_number[r.target] for r in full]
 
-    metrics = summarise(targets, lists, params, seconds, truncated=truncated, hopeless=hopeless,
-                        shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles(),
-                        max_prompt_tokens=meta["max_input_tokens"])
+    e = params.eval
+    # Integrity over items, not titles: a P5 beam is an item, and two items may share a title.
+    metrics = summarise([{"target_item_id": t} for t in targets], lists, e, seconds,
+                        beam_key=lambda entry: entry["item_ids"][0] if entry["item_ids"] else None,
+                        protocol={"max_prompt_tokens": meta["max_input_tokens"],
+                                  "ranking": "full catalogue, generative (item ids)"},
+                        # one token per item, then EOS
+                        max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
+                        truncated=truncated, hopeless=hopeless,
+                        shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
     metrics.update({"model": "p5", "backbone": meta["backbone"], "indexing": meta["indexing"],
                     "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
@@ -230,28 +236,6 @@ def ranked_entries(beams, item_of_token: dict[int, str], titles: dict[str, str],
         entries.append({"title": titles[item] if item else None, "item_ids": [item] if item else [],
                         "score": round(score, 6), **({} if item else {"text": tokenizer.decode(generated)})})
     return entries
-
-
-def summarise(targets: list[str], lists: list[list[dict]], params: Params, seconds: float, **counts) -> dict:
-    """The evaluate stage's metrics and protocol keys, for P5 (one token per item: 2 new tokens with EOS)."""
-    e = params.eval
-    ranks = [target_rank([entry["item_ids"] for entry in entries], target) for target, entries in zip(targets, lists)]
-    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    # Integrity over items, not titles: a P5 beam is an item, and two items may share a title.
-    metrics.update(integrity_metrics([[entry["item_ids"][0] if entry["item_ids"] else None for entry in entries]
-                                      for entries in lists], e.num_beams))
-    metrics.update({"users": len(targets), "decode_seconds": round(seconds, 2),
-                    "users_per_s": round(len(targets) / seconds, 3) if seconds > 0 else None,
-                    "prompts_truncated": counts["truncated"], "users_without_candidates": counts["hopeless"],
-                    "shared_titles": counts["shared_titles"], "seed": e.seed,
-                    "protocol": {"split": e.split, "k": list(e.k), "num_beams": e.num_beams,
-                                 "constrained": e.constrained, "exclude_history": e.exclude_history and e.constrained,
-                                 "length_penalty": e.length_penalty, "early_stopping": e.early_stopping,
-                                 "max_new_tokens": 2 if e.constrained else e.max_new_tokens or 2,
-                                 "max_users": e.max_users, "max_prompt_tokens": counts["max_prompt_tokens"],
-                                 "dtype": e.dtype, "ranking": "full catalogue, generative (item ids)",
-                                 "invalid_beams": "misses" if not e.constrained else "impossible"}})
-    return metrics
 
 
 def write_predictions(path: Path, users: list[str], targets: list[str], titles: dict[str, str],

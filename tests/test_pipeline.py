@@ -3,7 +3,10 @@ what a changed param touches, and a forced rerun gives byte-identical outputs (s
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,3 +69,55 @@ def test_repro_twice_then_param_change_reruns_split_and_prompts_only(repo):
     third = _run(["dvc", "repro", "prompts"], repo, env)
     assert "Running stage 'ingest'" not in third
     assert "Running stage 'split'" in third and "Running stage 'prompts'" in third
+
+
+def _readme_exp_show_keep(root: Path) -> list[str]:
+    """The `--keep` patterns of the README's `dvc exp show` line (the sweep it documents)."""
+    line = next(line for line in (root / "README.md").read_text().splitlines()
+                if line.startswith("dvc exp show"))
+    words = shlex.split(line)
+    return [words[i + 1] for i, word in enumerate(words) if word == "--keep"]
+
+
+def test_readme_exp_show_keeps_the_genrec_ranking_metrics(root):
+    """`dvc exp show --keep` anchors its regex at the column start, and with several metrics files every
+    column is `<file>:<key>`; the README's filter must still select GenRec's HR@10 and NDCG@10."""
+    keep = re.compile("|".join(_readme_exp_show_keep(root)))
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    columns = [f"{path}:{key}" for name in ("evaluate", "evaluate_valid", "mostpop")
+               for path in stages[name]["metrics"] for key in ("hr_at_10", "ndcg_at_10", "ci95_low.hr_at_10")]
+    kept = [column for column in columns if keep.match(column)]
+    assert kept == ["reports/metrics/genrec.json:hr_at_10", "reports/metrics/genrec.json:ndcg_at_10",
+                    "reports/metrics_valid/genrec.json:hr_at_10", "reports/metrics_valid/genrec.json:ndcg_at_10"]
+    assert keep.match("Experiment") and keep.match("train.lora.r") and keep.match("train.lora.alpha")
+    assert not keep.match("train.lora.dropout") and not keep.match("reports/metrics/p5.json:hr_at_10")
+
+
+def test_exp_run_records_params_and_ranking_metrics_per_experiment(repo):
+    """`dvc exp run -S` on a metrics stage: the experiment is listed by `dvc exp show` with its param and
+    its HR@10/NDCG@10 (read back from the DVC cache: reports/ is git-ignored)."""
+    repo, env = repo
+    _run(["git", "checkout", "--", "params.yaml"], repo, env)
+    _run(["dvc", "repro", "mostpop"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo, env)
+    _run(["dvc", "exp", "run", "-n", "core10", "-S", "split.item_core=10", "mostpop"], repo, env)
+
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    baseline = next(row for row in rows if row["rev"] != "workspace")
+    experiments = [exp for row in baseline.get("experiments") or [] for exp in row["revs"]]
+    (experiment,) = [exp for exp in experiments if exp["name"] == "core10"]
+
+    def values(row):
+        data = row["data"]
+        metrics = data["metrics"]["reports/metrics/mostpop.json"]["data"]
+        return data["params"]["params.yaml"]["data"]["split"]["item_core"], metrics
+
+    core, metrics = values(experiment)
+    base_core, base_metrics = values(baseline)
+    assert (core, base_core) == (10, 5)
+    for key in ("hr_at_10", "ndcg_at_10"):
+        assert 0 < metrics[key] <= 1 and 0 < base_metrics[key] <= 1
+    assert metrics["hr_at_10"] != base_metrics["hr_at_10"], "the experiment did not rerun on its own split"

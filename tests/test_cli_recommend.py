@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,15 +11,7 @@ from click.testing import CliRunner
 from genrec.cli import promote, recommend
 from genrec.params import to_dict
 
-
-def _load_tiny():
-    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parent / "tiny_genrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.fixture(scope="module")

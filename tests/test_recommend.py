@@ -6,10 +6,8 @@ exclusions and beam search), so a served list is an evaluated one.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,15 +18,8 @@ from genrec.recommend import Recommender, closest_titles, resolve_history, user_
 from genrec.stages import evaluate
 from genrec.trie import Catalogue
 
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
-def _load_tiny():
-    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parent / "tiny_genrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
 CATALOGUE = Catalogue.from_items(pd.DataFrame({"item_id": [str(i) for i in range(len(tiny.TITLES))],
                                                "title": tiny.TITLES}))
 

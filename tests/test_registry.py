@@ -6,7 +6,6 @@ load it back by its alias URI, as `genrec recommend` and `mlflow models serve` d
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,15 +16,7 @@ import pytest
 from genrec import registry, tracking
 from genrec.errors import DataError
 
-
-def _load_tiny():
-    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parent / "tiny_genrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 
 def version(number: int, ndcg: float | None, split: str = "s1", protocol: str = "p1"):

@@ -6,7 +6,6 @@ stopped (its whole process group: the MLflow CLI starts uvicorn as a child).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -21,17 +20,9 @@ import requests
 
 from genrec import registry
 
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 START_TIMEOUT_S = 240  # the CLI imports MLflow, then the model loads torch and transformers
-
-
-def _load_tiny():
-    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parent / "tiny_genrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
 
 
 def free_port() -> int:

@@ -10,9 +10,7 @@ One module fixture plays a sequence of promotions, recording each report and the
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -20,15 +18,8 @@ from genrec import registry, tracking
 from genrec.errors import DataError
 from genrec.io import fingerprint
 
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
-def _load_tiny():
-    spec = importlib.util.spec_from_file_location("tiny_genrec", Path(__file__).parents[1] / "tiny_genrec.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny = _load_tiny()
 NAME = "genrec-tiny"
 
 

@@ -190,7 +190,7 @@ def show_column(page, metric: str) -> None:
     for _ in range(3):
         item = page.get_by_text(metric, exact=True).first
         if not item.is_visible():
-            page.get_by_role("button", name="Columns").click()
+            page.get_by_role("button", name="Columns", exact=True).click()  # not "Show more columns (N total)"
         item.click()
         try:
             header.first.wait_for(timeout=10_000)

@@ -59,6 +59,31 @@ def test_runs_are_tagged_resumable_and_store_artifacts_beside_the_db(tmp_path, n
     assert client.get_run(other.info.run_id).info.experiment_id == stored.info.experiment_id
 
 
+def test_a_dvc_experiment_names_and_tags_its_new_runs_only(tmp_path, no_env_uri, monkeypatch):
+    import mlflow
+
+    params = params_for(tmp_path)
+    client = mlflow.MlflowClient(params.tracking.uri)
+    monkeypatch.delenv(tracking.DVC_EXP_NAME, raising=False)
+    with tracking.start_or_resume_run(params, run_name="genrec-x-r8-0123abcd") as plain:
+        pass
+    monkeypatch.setenv(tracking.DVC_EXP_NAME, "cedar-vies")  # what `dvc exp run` sets for its stages
+    with tracking.start_or_resume_run(params, run_name="genrec-x-r16-89abcdef") as named:
+        pass
+    with tracking.start_or_resume_run(params) as unnamed:
+        pass
+    with tracking.start_or_resume_run(params, run_id=plain.info.run_id):  # reopening renames nothing
+        pass
+
+    runs = {run.info.run_id: client.get_run(run.info.run_id) for run in (plain, named, unnamed)}
+    assert runs[plain.info.run_id].info.run_name == "genrec-x-r8-0123abcd"
+    assert "genrec.dvc_experiment" not in runs[plain.info.run_id].data.tags
+    assert runs[named.info.run_id].info.run_name == "genrec-x-r16-89abcdef-cedar-vies"
+    assert runs[unnamed.info.run_id].info.run_name == "cedar-vies"
+    for run_id in (named.info.run_id, unnamed.info.run_id):
+        assert runs[run_id].data.tags["genrec.dvc_experiment"] == "cedar-vies"
+
+
 def test_environment_uri_wins_over_params(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     params = params_for(tmp_path)

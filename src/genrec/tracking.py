@@ -28,6 +28,7 @@ from genrec.params import Params, to_dict
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
+DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 
 
@@ -73,8 +74,9 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
     """Start a new run in the dataset's experiment, or reopen `run_id`; use it as a context manager.
 
     A new run is tagged `genrec.family=genrec`, `genrec.dataset=<dataset>` and `genrec.git_commit`
-    (HEAD, `-dirty` when tracked files changed, `none` outside a repository), then with `tags`
-    (which may override them, e.g. `{"genrec.family": "p5"}`).
+    (HEAD, `-dirty` when tracked files changed, `none` outside a repository), `genrec.dvc_experiment`
+    under `dvc exp run` (DVC's DVC_EXP_NAME), then with `tags` (which may override them, e.g.
+    `{"genrec.family": "p5"}`). Under `dvc exp run` the experiment's name is appended to `run_name`.
 
     Returns:
         mlflow.ActiveRun (ends the run on leaving the `with` block; FAILED if it raised).
@@ -85,6 +87,10 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
     if run_id is not None:
         return mlflow.start_run(run_id=run_id)
     defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset, "genrec.git_commit": git_commit() or "none"}
+    experiment = os.environ.get(DVC_EXP_NAME)
+    if experiment:
+        defaults["genrec.dvc_experiment"] = experiment
+        run_name = f"{run_name}-{experiment}" if run_name else experiment
     return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**defaults, **(tags or {})})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +178,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_tags(trained, tiny):
     assert run.data.tags["genrec.family"] == "genrec" and run.data.tags["genrec.dataset"] == "tiny"
     assert run.data.tags["genrec.git_commit"]  # HEAD (or "none" outside a repository)
     assert run.data.params["train.lora.r"] == "4"
+    assert re.fullmatch(r"genrec-[\w.-]+-r4-[0-9a-f]{8}", run.info.run_name), run.info.run_name
     assert run.data.params["train.learning_rate"] == "0.01"
     assert run.data.params["data.base"].startswith("sha256:")  # no dvc.lock here: computed
     assert run.data.params["data.prompts"] == tracking.data_hashes([tiny["prompts"]])[str(tiny["prompts"])]

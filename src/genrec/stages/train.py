@@ -75,7 +75,8 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> 
         log.warning("MLflow run %s of the checkpoint is gone from %s: logging to a new run", run_id,
                     tracking.tracking_uri(params))
         run_id = None
-    mlflow_run = tracking.start_or_resume_run(params, run_id=run_id) if main else contextlib.nullcontext()
+    mlflow_run = (tracking.start_or_resume_run(params, run_id=run_id, run_name=run_name(params, fingerprint))
+                  if main else contextlib.nullcontext())
     with mlflow_run as mlrun:
         if main:
             write_json(checkpoint_dir(out_dir) / STATE_FILE, {"fingerprint": fingerprint, "run_id": mlrun.info.run_id})
@@ -164,6 +165,13 @@ def check_lora_targets(base_dir: Path, targets: list[str]) -> None:
         leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         raise DataError(f"train.lora.target_modules: {missing} not in the {config.model_type} backbone",
                         path=base_dir / "config.json", fix=f"Use some of its linear layers: {', '.join(sorted(leaves))}")
+
+
+def run_name(params: Params, fingerprint: str) -> str:
+    """`genrec-<backbone>-r<lora r>-<config fingerprint[:8]>`: tells runs apart in the MLflow UI (MLflow's
+    random names repeat here, because the trainer seeds `random` before the run starts)."""
+    backbone = Path(str(params.model.base).rstrip("/")).name
+    return f"genrec-{backbone}-r{params.train.lora.r}-{fingerprint[:8]}"
 
 
 def config_fingerprint(params: Params, hashes: dict[str, str]) -> str:

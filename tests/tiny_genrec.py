@@ -2,8 +2,8 @@
 
 A catalogue of real-looking titles, a leave-one-out split, a 2-layer random LLaMA with a byte-level
 BPE tokenizer, LoRA adapters laid out as `genrec train` writes them (each with its own MLflow run),
-and metrics files made by the evaluate stage's own `summarise`. Test modules load it with `load()`
-(pytest's importlib mode puts no test folder on sys.path).
+and metrics files made by the evaluate stage's own `summarise`. Test modules `import tiny_genrec`
+(pyproject.toml puts tests/ on pytest's pythonpath).
 """
 
 from __future__ import annotations
@@ -51,22 +51,24 @@ def write_split(folder: Path) -> Path:
     return folder
 
 
-def write_backbone(folder: Path) -> Path:
-    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on the titles and prompts."""
+def write_backbone(folder: Path, texts: list[str] | None = None, hidden_size: int = 32,
+                   initializer_range: float = 0.2, max_positions: int = 512) -> Path:
+    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on `texts` (default: the
+    titles and prompts of this world)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    texts = TITLES + list(INSTRUCTIONS) + [PromptTemplate().template]
+    texts = texts or TITLES + list(INSTRUCTIONS) + [PromptTemplate().template]
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.2, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                         initializer_range=initializer_range, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -18,31 +18,12 @@ from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
 from genrec.stages import evaluate
 from genrec.tracking import data_hashes
 
+import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 TITLES = [f"{word} {n} ({1980 + n})" for n in range(12) for word in ("Heat", "Toy Story", "President, The")]
 SHARED = "Hamlet (2000)"  # carried by two items, as 5 titles are in ml-latest-small
 USERS = 6
 TIMING = ("decode_seconds", "users_per_s", "eval_seconds")
-
-
-def write_tiny_backbone(folder: Path, texts: list[str]) -> Path:
-    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.2, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_adapter(folder: Path, base: Path, template: PromptTemplate) -> Path:
@@ -94,7 +75,7 @@ def world(tmp_path_factory) -> dict:
     (prompts / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     template.save(prompts / "template.json")
     texts = TITLES + [SHARED] + list(INSTRUCTIONS) + [template.template]
-    base = write_tiny_backbone(tmp / "base", texts)
+    base = tiny.write_backbone(tmp / "base", texts, hidden_size=64)
     return {"tmp": tmp, "processed": processed, "prompts": prompts, "base": base, "records": records,
             "rows": rows, "items": items, "adapter": write_adapter(tmp / "adapter", base, template)}
 

@@ -29,6 +29,8 @@ from genrec.params import LoraParams, Params, TrackingParams, TrainParams, load_
 from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
 from genrec.stages import train
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml); `tiny` is this module's fixture
+
 ROOT = Path(__file__).resolve().parents[2]
 TITLES = [f"{word} {n} ({1980 + n % 30})" for n in range(40)
           for word in ("Toy Story", "Heat", "American President, The", "Amélie")][:80]
@@ -71,28 +73,6 @@ def write_prompts(folder: Path, n_train: int = TRAIN_RECORDS, n_valid: int = VAL
     return folder
 
 
-def write_tiny_backbone(folder: Path, texts: list[str]) -> Path:
-    """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Backbone + prompts folders shared by the module."""
@@ -100,7 +80,8 @@ def tiny(tmp_path_factory):
     prompts = write_prompts(tmp / "prompts")
     texts = [line for name in ("train", "valid") for line in (prompts / f"{name}.jsonl").read_text().splitlines()]
     texts += list(INSTRUCTIONS) + [PromptTemplate().template]
-    return {"tmp": tmp, "base": write_tiny_backbone(tmp / "base", texts), "prompts": prompts}
+    return {"tmp": tmp, "base": tiny_genrec.write_backbone(tmp / "base", texts, hidden_size=64,
+                                                           initializer_range=0.02, max_positions=256), "prompts": prompts}
 
 
 @pytest.fixture(scope="module")

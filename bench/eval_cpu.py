@@ -37,7 +37,7 @@ import torch
 from genrec.decoding import BeamSettings, is_real, ranked_beams
 from genrec.params import load_params
 from genrec.prompts import PromptTemplate
-from genrec.stages import evaluate
+from genrec import evaluation as evaluate
 from genrec.trie import Catalogue, build_title_trie
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,10 +149,11 @@ def main() -> None:
     records = random.Random(args.seed).sample(records, min(args.users, len(records)))
     prompts, _ = evaluate.encode_prompts(records, template, tokenizer, e.max_prompt_tokens)
     token_ids = evaluate.title_token_ids(catalogue, template, tokenizer)
-    trie = build_title_trie(token_ids, tokenizer.eos_token_id)
+    end = evaluate.end_token_id(template, tokenizer)
+    trie = build_title_trie(token_ids, end)
     settings = BeamSettings(num_beams=e.num_beams, max_new_tokens=e.max_new_tokens or trie.max_length,
                             length_penalty=float(e.length_penalty), early_stopping=e.early_stopping,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=evaluate._pad_id(tokenizer))
+                            eos_token_id=end, pad_token_id=evaluate._pad_id(tokenizer))
     batch_size = args.batch_size or e.batch_size
 
     ranked_beams(model, prompts[:2], settings, trie=trie, batch_size=2)  # warm-up (kernel selection)

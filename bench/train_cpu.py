@@ -1,7 +1,13 @@
-"""CPU training benchmark: samples/s and non-padding tokens/s of the default train config.
+"""CPU training benchmark: non-padding tokens/s of the default train config, and its share of the ceiling.
 
-    python bench/train_cpu.py                                   # models/base, data/prompts/<dataset>
+    python bench/train_cpu.py                                   # models/base, data/{prompts,processed}/<dataset>
     python bench/train_cpu.py --base /tmp/base --steps 4 --variants default,trl-lm-head
+    python bench/train_cpu.py --set train.format=instruction --variants default
+
+The ceiling is measured here: the GFLOP/s of a bf16 `linear` of the model's MLP shape
+([micro_batch x seq_len, hidden] x [hidden, intermediate]) on this machine's threads, divided by the
+FLOPs LoRA training spends per token: 2 x (linear weights) forward plus 2 x (linear weights) backward
+(gradients of the activations only: the backbone is frozen), the LM head included, attention left out.
 
 The trainer is built exactly as the train stage builds it (`genrec.sft.build_trainer` from
 params.yaml plus `--set` overrides); only eval and checkpoints are switched off. The first
@@ -82,7 +88,30 @@ def step_timer():
     return StepTimer()
 
 
-def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup: int) -> dict:
+def gemm_ceiling(base: Path, rows: int) -> dict:
+    """Measured bf16 GEMM GFLOP/s at the model's MLP shape, and the LoRA-training FLOPs per token."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base, local_files_only=True)
+    x = torch.randn(rows, config.hidden_size, dtype=torch.bfloat16)
+    w = torch.randn(config.intermediate_size, config.hidden_size, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.nn.functional.linear(x, w)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        torch.nn.functional.linear(x, w)
+        n += 1
+    gflops = 2 * rows * config.hidden_size * config.intermediate_size * n / (time.perf_counter() - start) / 1e9
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = h * config.num_key_value_heads // config.num_attention_heads
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size) + h * config.vocab_size
+    flops_per_token = 4 * linear
+    return {"gflops": gflops, "shape": f"[{rows}x{h}]x[{h}x{config.intermediate_size}]",
+            "flops_per_token": flops_per_token, "tokens_per_s": gflops * 1e9 / flops_per_token}
+
+
+def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup: int, processed: Path) -> dict:
     from genrec import sft
     from genrec.prompts import PromptTemplate
 
@@ -92,18 +121,24 @@ def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup:
     params = dataclasses.replace(params, train=dataclasses.replace(tp, **changes))
     dtype = "float32" if variant == "fp32-weights" else None  # None: the stage's choice
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, stats = sft.build_trainer(params, base, prompts, PromptTemplate.load(prompts / "template.json"),
-                                           Path(tmp), dtype=dtype)
+        template = (PromptTemplate.sequence(tp.prompt_history) if tp.format == "sequence"
+                    else PromptTemplate.load(prompts / "template.json"))
+        trainer, stats = sft.build_trainer(params, base, prompts, template, Path(tmp), dtype=dtype,
+                                           processed_dir=processed)
         timer = step_timer()
         trainer.add_callback(timer)
         with sft.completion_positions_only(params.train.completion_logits_only):
             trainer.train()
     seconds = sum(timer.seconds[warmup:])
-    tokens = timer.tokens[-1] - timer.tokens[warmup - 1] if warmup else timer.tokens[-1]
-    return {"variant": variant, "bf16": trainer.args.bf16, "s_per_step": statistics.median(timer.seconds[warmup:]),
+    # Non-padding tokens per row: the whole dataset's mean (packed rows for sequence, prompts for instruction).
+    per_sample = stats["tokens"] / (stats.get("packed_rows") or stats["records"])
+    tokens = steps * tp.batch_size * per_sample
+    return {"variant": variant, "format": tp.format, "bf16": trainer.args.bf16,
+            "s_per_step": statistics.median(timer.seconds[warmup:]),
             "cpu_s_per_step": statistics.median(timer.cpu_seconds[warmup:]),
             "samples_per_s": steps * tp.batch_size / seconds, "tokens_per_s": tokens / seconds,
-            "tokens_per_sample": tokens / (steps * tp.batch_size), "records": stats["records"]}
+            "tokens_per_sample": per_sample, "records": stats.get("packed_rows") or stats["records"],
+            "epoch_tokens": stats["tokens"]}
 
 
 def main() -> None:
@@ -112,6 +147,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--base", type=Path, default=Path("models/base"))
     parser.add_argument("--prompts", type=Path, help="default: data/prompts/<dataset>, else built from the mirror")
+    parser.add_argument("--processed", type=Path, help="the split (sequence format); default data/processed/<dataset>")
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -128,23 +164,31 @@ def main() -> None:
         if not (prompts / "train.jsonl").is_file():
             mirror = Path(os.environ.get("GENREC_DATA_MIRROR") or Path(__file__).resolve().parents[2] / "shared" / "data")
             prompts = synthetic_prompts(Path(tmp) / "prompts", mirror, params)
-        rows = [measure(params, v, args.base, prompts, args.steps, args.warmup) for v in args.variants.split(",")]
+        processed = args.processed or Path("data/processed") / params.dataset
+        rows = [measure(params, v, args.base, prompts, args.steps, args.warmup, processed)
+                for v in args.variants.split(",")]
     tp = params.train
     import torch
+    ceiling = gemm_ceiling(args.base, tp.micro_batch_size * tp.max_seq_length)
 
     print(f"\nLoRA SFT on CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average "
           f"{os.getloadavg()[0]:.1f}), {args.base}, "
           f"micro-batch {tp.micro_batch_size}, batch {tp.batch_size}, {args.steps} steps after {args.warmup} warm-up")
-    print("| variant | bf16 autocast | s/step | CPU s/step | samples/s | non-pad tokens/s | tokens/sample |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"ceiling: bf16 linear {ceiling['shape']} at {ceiling['gflops']:.0f} GFLOP/s / "
+          f"{ceiling['flops_per_token'] / 1e9:.2f} GFLOP per trained token = {ceiling['tokens_per_s']:.0f} tokens/s")
+    print("| variant | format | bf16 autocast | s/step | CPU s/step | samples/s | non-pad tokens/s | share of ceiling "
+          "| tokens/sample |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['bf16']} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | "
-              f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['tokens_per_sample']:.0f} |")
+        print(f"| {r['variant']} | {r['format']} | {r['bf16']} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | "
+              f"{r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {100 * r['tokens_per_s'] / ceiling['tokens_per_s']:.0f}% "
+              f"| {r['tokens_per_sample']:.0f} |")
     print("(CPU s/step: this process's CPU time; on a busy machine, CPU s/step / threads estimates an idle s/step)")
     first = rows[0]  # records: the training prompts after train.max_train_samples
     steps = tp.max_steps or math.ceil(first["records"] / tp.batch_size) * tp.epochs
     print(f"\n{first['variant']}: the configured run has {steps:.0f} optimizer steps ~ "
-          f"{steps * first['s_per_step'] / 60:.1f} min of training (plus loading and eval)")
+          f"{steps * first['s_per_step'] / 60:.1f} min of training (plus loading and eval); one epoch is "
+          f"{first['epoch_tokens']:,} tokens ~ {first['epoch_tokens'] / first['tokens_per_s'] / 60:.0f} min")
 
 
 if __name__ == "__main__":

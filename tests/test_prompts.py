@@ -15,7 +15,10 @@ from genrec.params import PromptsParams
 from genrec.prompts import (
     DEFAULT_TEMPLATE,
     INSTRUCTIONS,
+    SEQUENCE_HEADER,
+    SEQUENCE_TEMPLATE,
     PromptTemplate,
+    SequenceEncoder,
     build_completion,
     build_prompt,
     choose_instruction,
@@ -217,3 +220,52 @@ def test_choose_instruction_is_pinned():
     # A regression pin: changing the hash silently changes every generated prompts dataset.
     assert [INSTRUCTIONS.index(choose_instruction(42, str(u), 3, INSTRUCTIONS)) for u in range(12)] == [
         4, 3, 5, 3, 5, 1, 1, 0, 0, 3, 4, 5]
+
+
+def test_sequence_template_round_trips_and_ends_lines(tmp_path):
+    template = PromptTemplate.sequence(max_history=3)
+    template.save(tmp_path / "t.json")
+    assert PromptTemplate.load(tmp_path / "t.json") == template
+    assert template.format == "sequence" and template.end_text == "\n" and PromptTemplate().end_text == ""
+    assert build_prompt(template, SEQUENCE_HEADER, ["A (1)", "B (2)", "C (3)", "D (4)"]) == \
+        f"{SEQUENCE_HEADER}\nB (2)\nC (3)\nD (4)\n"
+    with pytest.raises(ValueError, match="history_format"):
+        PromptTemplate(template=SEQUENCE_TEMPLATE, history_format="quoted", format="sequence")
+    with pytest.raises(ValueError, match="format="):
+        PromptTemplate(format="chat")
+
+
+def test_sequence_windows_cut_at_title_boundaries_with_every_title_once(tokenizer):
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=20), tokenizer)
+    titles = [f"Title number {i} ({1990 + i})" for i in range(40)]
+    windows, skipped = encoder.windows(titles, max_tokens=64)
+    assert skipped == 0 and len(windows) > 3
+    seen = []
+    for ids, labels in windows:
+        assert len(ids) == len(labels) <= 64
+        assert ids[:len(encoder.header_ids)] == encoder.header_ids
+        assert set(labels[:len(encoder.header_ids)]) == {-100}  # no loss on the header
+        body = ids[len(encoder.header_ids):]
+        assert labels[len(encoder.header_ids):] == body  # loss on every title token and its line end
+        assert body[-1] == encoder.end_id
+        seen += tokenizer.decode(body).split("\n")[:-1]
+    assert seen == titles  # in order, each exactly once, none cut
+    assert encoder.end_id == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+
+
+def test_sequence_windows_skip_a_title_longer_than_the_budget(tokenizer):
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=20), tokenizer)
+    windows, skipped = encoder.windows(["Short (1)", "A very long title " * 20, "Other (2)"], max_tokens=40)
+    assert skipped == 1
+    assert tokenizer.decode(windows[0][0][len(encoder.header_ids):]) == "Short (1)\nOther (2)\n"
+
+
+def test_sequence_prompt_keeps_the_latest_titles_that_fit(tokenizer):
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=3), tokenizer)
+    titles = [f"Title number {i} ({1990 + i})" for i in range(6)]
+    ids, dropped = encoder.prompt_ids(titles, max_tokens=1000)
+    assert dropped == 0
+    assert tokenizer.decode(ids) == build_prompt(encoder.template, SEQUENCE_HEADER, titles)
+    small = len(encoder.header_ids) + len(encoder.line_ids(titles[-1])) + 1
+    ids, dropped = encoder.prompt_ids(titles, max_tokens=small)
+    assert dropped == 2 and tokenizer.decode(ids) == f"{SEQUENCE_HEADER}\n{titles[-1]}\n"

@@ -19,11 +19,12 @@ TITLES = [f"Film number {n}, The ({1950 + n})" for n in range(30)]
 @pytest.fixture(scope="module")
 def tokenizer():
     """A byte-level BPE tokenizer (like SmolLM2's) trained on the titles."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(TITLES + [PromptTemplate().template], trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
@@ -157,3 +158,66 @@ def test_verify_adapter_fails_loudly_on_empty_or_untrained_adapters(tmp_path):
         sft.verify_adapter(tmp_path, initial)
     save_file({"m.lora_A.weight": torch.ones(2, 4), "m.lora_B.weight": torch.full((4, 2), 1e-3)}, path)
     sft.verify_adapter(tmp_path, initial)
+
+
+def write_split(folder: Path) -> Path:
+    """A leave-one-out split whose valid and test items appear in no training sequence."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES))], "title": TITLES}).to_parquet(
+        folder / "items.parquet")
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(4):
+        train_items = [(u * 3 + p) % 20 for p in range(6 + u)]  # items 0..19 only
+        for p, item in enumerate(train_items + [20 + u, 25 + u]):  # valid: 20-23, test: 25-28
+            name = "train" if p < len(train_items) else "valid" if item < 25 else "test"
+            rows[name].append({"user_id": f"u{u}", "item_id": str(item), "position": p, "timestamp": p})
+    for name, part in rows.items():
+        pd.DataFrame(part).to_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
+    from genrec.prompts import SequenceEncoder
+
+    processed = write_split(tmp_path / "processed")
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=5), tokenizer)
+    packed, stats = sft.sequence_dataset(processed, encoder, 96, None, 0)
+    header = tokenizer.decode(encoder.header_ids)
+    lines = []
+    for row in packed:
+        assert len(row["input_ids"]) <= 96 and sum(row["seq_lengths"]) == len(row["input_ids"])
+        lines += [line for line in tokenizer.decode(row["input_ids"]).replace(header, "").split("\n") if line]
+    expected = [TITLES[(u * 3 + p) % 20] for u in range(4) for p in range(6 + u)]
+    assert sorted(lines) == sorted(expected)  # every training title once, and nothing else
+    assert not {TITLES[i] for i in range(20, 30)} & set(lines)  # no valid or test title
+    assert stats["users"] == 4 and stats["completion_tokens"] < stats["tokens"]
+    valid = sft.next_title_dataset(processed, encoder, 96, None, 0)
+    for row, u in zip(valid, range(4)):
+        target = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
+        assert tokenizer.decode(target) == TITLES[20 + u] + "\n"  # the loss is on the valid title only
+
+
+def test_packed_rows_never_attend_across_documents():
+    """The loss of two packed documents equals the losses of each alone: position ids restart per document."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    a, b = list(range(3, 15)), list(range(20, 29))
+    collate = sft.PackedCollator(pad_token_id=0)
+    packed = collate([{"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
+                      {"input_ids": b, "labels": b, "seq_lengths": [len(b)]}])
+    assert "attention_mask" not in packed
+    assert packed["position_ids"][0].tolist() == list(range(len(a))) + list(range(len(b)))
+    assert packed["labels"][1, len(b):].eq(-100).all()  # right padding carries no loss
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits
+        alone_b = model(input_ids=torch.tensor([b])).logits[0]
+        alone_a = model(input_ids=torch.tensor([a])).logits[0]
+    torch.testing.assert_close(logits[0, :len(a)], alone_a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[0, len(a):len(a) + len(b)], alone_b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1, :len(b)], alone_b, atol=1e-5, rtol=1e-4)

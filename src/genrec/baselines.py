@@ -97,7 +97,7 @@ def evaluation_users(data: SplitData, max_users: int | None, seed: int) -> np.nd
     The evaluate stage samples prompt records, one per user in sorted user_id order, which is the
     order of `data.users`; drawing with its own function keeps every model on the same users.
     """
-    from genrec.stages.evaluate import sample_users
+    from genrec.evaluation import sample_users
 
     return np.asarray(sample_users(list(range(len(data.users))), max_users, seed), dtype=np.int64)
 

@@ -143,6 +143,10 @@ def base_model(params_path, overrides, **paths):
               help="Folder with train/valid.jsonl and template.json from `genrec prompts`.")
 @click.option("--out", "out_dir", required=True, type=folder(),
               help="Folder for the adapter, tokenizer, prompt template, resolved config and MLflow run id.")
+@click.option("--processed", "processed_dir", type=folder(exists=True), default=None,
+              help="The split (train.format=sequence builds its documents from it; the learning curve reads it).")
+@click.option("--curve", "curve_dir", type=folder(), default=None,
+              help="Folder for the learning curve (curve.csv, curve.png; points every train.curve_steps).")
 def train(params_path, overrides, **paths):
     """LoRA fine-tuning with TRL's SFTTrainer; run it under `accelerate launch` (see genrec.stages.train)."""
     run_stage("train", params_path, overrides, **paths)

@@ -118,6 +118,7 @@ class ModelParams:
 RESUME_MODES = ("auto", "never")
 BF16_MODES = ("auto", True, False)
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+TRAIN_FORMATS = ("sequence", "instruction")
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,18 @@ class LoraParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    format: str = "sequence"
+    """sequence: each user's training titles as documents, every title a target | instruction: the paper's prompts."""
+    prompt_history: int = 20
+    """sequence only: titles in the evaluation prompt (the header, then the user's latest this many)."""
     seed: int = 42
     """Seed for LoRA init, data order and the train/valid subsamples."""
     epochs: float = 1.0
     """Passes over the (subsampled) training prompts (reference: 5)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
-    max_train_samples: int | None = 800
-    """Seeded subsample of the training prompts (sizes the CPU run); None uses them all."""
+    max_train_samples: int | None = None
+    """Seeded subsample of the training prompts (instruction) or windows (sequence); None uses them all."""
     max_valid_samples: int | None = 64
     """Seeded subsample of the valid prompts for the validation loss; None uses them all."""
     batch_size: int = 8
@@ -180,6 +185,10 @@ class TrainParams:
     """Project only completion positions through the LM head (TRL does so on GPUs; this extends it to CPUs)."""
     logging_steps: int = 5
     """Log the training loss every this many optimizer steps."""
+    curve_steps: int | None = None
+    """Validation HR/NDCG@10 (the learning curve) every this many steps and at the end; None: no curve."""
+    curve_users: int = 200
+    """Seeded sample of validation users for the learning curve."""
     eval_steps: int | None = 50
     """Validation loss every this many steps (and always at the end); None: only at the end."""
     save_steps: int = 25
@@ -196,11 +205,14 @@ class TrainParams:
         out = []
         positive = ("batch_size", "micro_batch_size", "max_seq_length", "logging_steps", "save_steps",
                     "save_total_limit")
-        optional = ("max_steps", "max_train_samples", "max_valid_samples", "eval_steps")
+        positive += ("prompt_history", "curve_users")
+        optional = ("max_steps", "max_train_samples", "max_valid_samples", "eval_steps", "curve_steps")
         for key in positive + optional:
             value = getattr(self, key)
-            if (value is not None or key in positive) and (not isinstance(value, int) or value < 1):
+            if (value is not None or key in positive) and (not _is_int(value) or value < 1):
                 out.append(f"train.{key}: expected an integer >= 1" + (" or null" if key in optional else ""))
+        if self.format not in TRAIN_FORMATS:
+            out.append(f"train.format={self.format!r}: use one of {', '.join(TRAIN_FORMATS)}")
         if not out and self.batch_size % self.micro_batch_size:
             out.append("train.batch_size: expected a multiple of train.micro_batch_size")
         for key in ("epochs", "learning_rate"):

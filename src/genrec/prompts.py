@@ -39,6 +39,14 @@ INSTRUCTIONS: tuple[str, ...] = (
 DEFAULT_TEMPLATE = "{instruction}\n\n### History:\n{history}\n\n### Next:\n"
 """Short on purpose (every token costs on CPU); the completion follows the final newline directly."""
 
+SEQUENCE_TEMPLATE = "{instruction}\n{history}\n"
+"""`sequence` format: a one-line header, then one title a line, each line ended by a newline."""
+
+SEQUENCE_HEADER = "A user's choices, oldest first, one title per line:"
+"""The header of every `sequence` document and evaluation prompt (the format's only "instruction")."""
+
+FORMATS = ("instruction", "sequence")
+
 _PLACEHOLDERS = {"instruction", "history"}
 
 
@@ -54,8 +62,14 @@ class PromptTemplate:
     """Only the latest this many history titles are written."""
     instructions: tuple[str, ...] = INSTRUCTIONS
     """Phrasings `choose_instruction` picks from."""
+    format: str = "instruction"
+    """instruction: a completion ends with EOS | sequence: every title line ends with a newline, the end marker."""
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.format == "sequence" and (self.history_format != "lines" or not self.template.endswith("}\n")):
+            raise ValueError("format 'sequence' needs history_format 'lines' and a template ending '{history}\\n'")
         fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         if fields != _PLACEHOLDERS:
             raise ValueError(f"template placeholders {sorted(fields)}: expected exactly "
@@ -70,11 +84,11 @@ class PromptTemplate:
 
     def to_dict(self) -> dict:
         return {"template": self.template, "history_format": self.history_format,
-                "max_history": self.max_history, "instructions": list(self.instructions)}
+                "max_history": self.max_history, "instructions": list(self.instructions), "format": self.format}
 
     @classmethod
     def from_dict(cls, d: dict) -> PromptTemplate:
-        unknown = set(d) - {"template", "history_format", "max_history", "instructions"}
+        unknown = set(d) - {"template", "history_format", "max_history", "instructions", "format"}
         if unknown:
             raise ValueError(f"prompt template: unknown keys {sorted(unknown)}")
         d = dict(d)
@@ -93,6 +107,17 @@ class PromptTemplate:
     @classmethod
     def from_params(cls, p: PromptsParams) -> PromptTemplate:
         return cls(history_format=p.history_format, max_history=p.max_history)
+
+    @classmethod
+    def sequence(cls, max_history: int) -> PromptTemplate:
+        """The `sequence` format: header line, then titles one per line; the prompt keeps the latest `max_history`."""
+        return cls(template=SEQUENCE_TEMPLATE, history_format="lines", max_history=max_history,
+                   instructions=(SEQUENCE_HEADER,), format="sequence")
+
+    @property
+    def end_text(self) -> str:
+        """Text that ends a completion before any special token: the line end for `sequence`, none otherwise."""
+        return "\n" if self.format == "sequence" else ""
 
 
 def format_history(titles: Sequence[str], fmt: str) -> str:
@@ -233,3 +258,87 @@ def choose_instruction(seed: int, user_id: str, position: int, instructions: Seq
 
 def _token_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class SequenceEncoder:
+    """Token ids of `sequence` documents (training) and prompts (evaluation), built line by line.
+
+    A document is the header line, then one title a line. Each title is tokenised alone and followed by
+    the newline token, the end marker: training, evaluation and the trie all use these same ids, so the
+    model is scored on exactly what it was taught, whatever the tokenizer would make of the joined text.
+    """
+
+    def __init__(self, template: PromptTemplate, tokenizer):
+        if template.format != "sequence":
+            raise ValueError(f"SequenceEncoder needs a 'sequence' template, not {template.format!r}")
+        self.template, self.tokenizer = template, tokenizer
+        head = template.template.split("{history}", 1)[0].format(instruction=template.instructions[0])
+        # Special tokens (a BOS) as the trainer adds them to a document's start.
+        self.header_ids = list(tokenizer(head)["input_ids"])
+        end = _token_ids(tokenizer, template.end_text)
+        if len(end) != 1:
+            raise ValueError(f"the tokenizer splits the line end {template.end_text!r} into {end}: "
+                             "the sequence format needs it as one token")
+        self.end_id = end[0]
+        self._titles: dict[str, list[int]] = {}
+
+    def title_ids(self, title: str) -> list[int]:
+        """A title's tokens without the end marker (cached)."""
+        ids = self._titles.get(title)
+        if ids is None:
+            ids = _token_ids(self.tokenizer, build_completion(title))
+            if not ids or self.end_id in ids:
+                raise ValueError(f"title {title!r} tokenises to {ids}: empty or holding the line end")
+            self._titles[title] = ids
+        return ids
+
+    def line_ids(self, title: str) -> list[int]:
+        """A title line: its tokens and the end marker."""
+        return self.title_ids(title) + [self.end_id]
+
+    def prompt_ids(self, history_titles: Sequence[str], max_tokens: int) -> tuple[list[int], int]:
+        """Header plus the latest `template.max_history` titles that fit `max_tokens`.
+
+        Returns:
+            (token ids, titles dropped from the latest max_history to fit).
+        """
+        titles = list(history_titles)[-self.template.max_history:]
+        budget = max_tokens - len(self.header_ids)
+        if budget < 0:
+            raise ValueError(f"the header alone needs {len(self.header_ids)} tokens, more than {max_tokens}")
+        kept: list[list[int]] = []
+        for title in reversed(titles):
+            line = self.line_ids(title)
+            if len(line) > budget:
+                break
+            kept.append(line)
+            budget -= len(line)
+        ids = list(self.header_ids)
+        for line in reversed(kept):
+            ids += line
+        return ids, len(titles) - len(kept)
+
+    def windows(self, titles: Sequence[str], max_tokens: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+        """A user's training titles as documents of <= `max_tokens` tokens, cut at title boundaries.
+
+        Every document starts with the header (no loss); each title line carries the loss on all its
+        tokens and its end marker. Consecutive windows do not overlap, so one epoch sees each title once.
+
+        Returns:
+            ([(input_ids, labels)], titles skipped because header + title alone exceed max_tokens).
+        """
+        out, skipped = [], 0
+        ids, labels = list(self.header_ids), [-100] * len(self.header_ids)
+        for title in titles:
+            line = self.line_ids(title)
+            if len(self.header_ids) + len(line) > max_tokens:
+                skipped += 1
+                continue
+            if len(ids) + len(line) > max_tokens:
+                out.append((ids, labels))
+                ids, labels = list(self.header_ids), [-100] * len(self.header_ids)
+            ids += line
+            labels += line
+        if len(ids) > len(self.header_ids):
+            out.append((ids, labels))
+        return out, skipped

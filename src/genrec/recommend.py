@@ -4,7 +4,7 @@ A history arrives as titles typed by a person or sent by a client. Each is match
 (after whitespace normalisation, as evaluation matches generated text); a title that is not there is
 reported with its closest catalogue titles (difflib) instead of being dropped silently, and the
 recommendation uses the titles that matched. The prompt, the title trie and the beam search are the
-evaluation's own (`genrec.stages.evaluate`, `genrec.trie`, `genrec.decoding`), with the protocol of
+evaluation's own (`genrec.evaluation`, `genrec.trie`, `genrec.decoding`), with the protocol of
 `params.eval`, so a served list is what the evaluator would have ranked for that history. Serving is
 always constrained to catalogue titles: a recommendation must be a real item.
 """
@@ -113,13 +113,14 @@ class Recommender:
     """Backbone + merged adapter + prompt template + catalogue trie, ready to rank titles for histories."""
 
     def __init__(self, model, tokenizer, template, catalogue: Catalogue, eval_params: EvalParams):
-        from genrec.stages.evaluate import title_token_ids
+        from genrec.evaluation import end_token_id, title_token_ids
         from genrec.trie import build_title_trie
 
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.catalogue, self.eval_params = catalogue, eval_params
         self.title_tokens = title_token_ids(catalogue, template, tokenizer)
-        self.trie = build_title_trie(self.title_tokens, tokenizer.eos_token_id)
+        self.end_token_id = end_token_id(template, tokenizer)
+        self.trie = build_title_trie(self.title_tokens, self.end_token_id)
 
     @classmethod
     def load(cls, base_dir: Path, adapter_dir: Path, items_path: Path, eval_params: EvalParams) -> Recommender:
@@ -128,7 +129,7 @@ class Recommender:
         Raises:
             DataError: a missing file, or an adapter trained on another backbone.
         """
-        from genrec.stages.evaluate import load_model, read_catalogue
+        from genrec.evaluation import load_model, read_catalogue
 
         catalogue = read_catalogue(Path(items_path))
         model, tokenizer, template = load_model(Path(base_dir), Path(adapter_dir), Path(adapter_dir),
@@ -167,7 +168,7 @@ class Recommender:
     def _ranked(self, resolved: list[ResolvedHistory], num_beams: int) -> list[list[dict]]:
         """Evaluation's prompt, settings and beam search for already-matched histories."""
         from genrec.decoding import BeamSettings, ranked_beams
-        from genrec.stages.evaluate import encode_prompts, ranked_entries
+        from genrec.evaluation import encode_prompts, ranked_entries
 
         e = self.eval_params
         records = [{"user_id": f"request {i}", "instruction": self.template.instructions[0],
@@ -175,7 +176,7 @@ class Recommender:
         prompts, _ = encode_prompts(records, self.template, self.tokenizer, e.max_prompt_tokens)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         settings = BeamSettings(num_beams=num_beams, length_penalty=float(e.length_penalty),
-                                early_stopping=e.early_stopping, eos_token_id=self.tokenizer.eos_token_id,
+                                early_stopping=e.early_stopping, eos_token_id=self.end_token_id,
                                 pad_token_id=pad,
                                 max_new_tokens=e.max_new_tokens or max(len(t) for t in self.title_tokens) + 1)
         excluded = [sorted(set(r.indices)) if e.exclude_history else [] for r in resolved]

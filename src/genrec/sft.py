@@ -1,7 +1,17 @@
-"""How genrec fine-tunes: params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer` on prompt/completion records.
+"""How genrec fine-tunes: params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer`, in one of two formats.
 
 Shared by the train stage (which adds inputs checks, resume, MLflow and outputs) and
 bench/train_cpu.py (which times exactly this trainer).
+
+`sequence` (default): each user's training titles become documents (`SequenceEncoder.windows`: a
+header line, then one title a line, <= max_seq_length tokens, cut at title boundaries) with the loss
+on every title token and its line end. Documents are packed best-fit-decreasing into rows of
+max_seq_length (`trl.pack_dataset`) and `PackedCollator` restarts the position ids at every
+document and passes no attention mask, so transformers builds a block-causal mask
+(`masking_utils.find_packed_sequence_indices`): no document attends to another, and hardly a
+token is padding. Only training items ever enter a document.
+
+`instruction` (the paper's):
 
 For a prompt/completion dataset TRL 1.16 appends the tokenizer's EOS *text* to each completion,
 tokenises prompt + completion, and masks the prompt tokens out of the loss (completion-only loss;
@@ -20,17 +30,20 @@ from pathlib import Path
 from genrec.backbone import load_backbone
 from genrec.errors import DataError
 from genrec.params import LoraParams, Params, TrainParams
-from genrec.prompts import PromptTemplate, fit_to_token_budget
+from genrec.prompts import PromptTemplate, SequenceEncoder, fit_to_token_budget
+from genrec.sequences import read_histories, read_titles
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: PromptTemplate, output_dir: Path,
-                  num_processes: int = 1, dtype: str | None = None):
-    """The SFTTrainer for `params.train`: backbone + LoRA, training prompts and a valid subsample.
+                  num_processes: int = 1, dtype: str | None = None, processed_dir: Path | None = None):
+    """The SFTTrainer for `params.train`: backbone + LoRA, training data and a valid subsample.
 
     Args:
+        template: The prompt template; its `format` (sequence | instruction) decides the data.
         output_dir: The Trainer's output_dir (checkpoints).
+        processed_dir: The split (`sequence` format reads the users' training items from it).
         dtype: Weights dtype of the frozen backbone; None: bfloat16 when bf16 autocast is on, else
             float32. Under autocast the matmuls run in bf16 either way; bf16 weights halve the memory
             of weights and activations (5.8 GB peak RSS with float32 weights for SmolLM2-135M at
@@ -44,19 +57,122 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
     from trl import SFTTrainer
 
     tp = params.train
-    config = sft_config(params, output_dir, num_processes)
+    sequence = template.format == "sequence"
+    config = sft_config(params, output_dir, num_processes, sequence=sequence)
     if dtype is None:
         dtype = "bfloat16" if config.bf16 else "float32"
     model, tokenizer = load_backbone(base_dir, dtype=dtype)
-    train_data, stats = prompt_dataset(prompts_dir / "train.jsonl", template, tokenizer, tp.max_seq_length,
-                                       tp.max_train_samples, tp.seed)
-    valid_data, _ = prompt_dataset(prompts_dir / "valid.jsonl", template, tokenizer, tp.max_seq_length,
-                                   tp.max_valid_samples, tp.seed)
+    if sequence:
+        if processed_dir is None:
+            raise DataError("the sequence format reads the split", fix="pass --processed data/processed/<dataset>")
+        encoder = SequenceEncoder(template, tokenizer)
+        train_data, stats = sequence_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_train_samples, tp.seed)
+        valid_data = next_title_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_valid_samples, tp.seed)
+        collator = PackedCollator(_pad_id(tokenizer))
+    else:
+        train_data, stats = prompt_dataset(prompts_dir / "train.jsonl", template, tokenizer, tp.max_seq_length,
+                                           tp.max_train_samples, tp.seed)
+        valid_data, _ = prompt_dataset(prompts_dir / "valid.jsonl", template, tokenizer, tp.max_seq_length,
+                                       tp.max_valid_samples, tp.seed)
+        collator = None
     set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
-                         processing_class=tokenizer, peft_config=lora_config(tp.lora))
-    stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
+                         processing_class=tokenizer, peft_config=lora_config(tp.lora), data_collator=collator)
+    if not sequence:
+        stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
     return trainer, stats
+
+
+def sequence_dataset(processed_dir: Path, encoder: SequenceEncoder, max_tokens: int, limit: int | None, seed: int):
+    """Every user's training titles as `encoder.windows`, a seeded subsample of `limit` windows, BFD-packed.
+
+    Returns:
+        (datasets.Dataset with input_ids, labels and seq_lengths per packed row, stats).
+    """
+    from datasets import Dataset
+    from tqdm import tqdm
+    from trl import pack_dataset
+
+    titles = read_titles(processed_dir)
+    docs, skipped = [], 0
+    histories = read_histories(processed_dir, before="train")
+    for user, items in tqdm(histories.items(), desc="documents", unit="user", mininterval=10,
+                            disable=len(histories) < 20_000):
+        windows, n = encoder.windows([titles[i] for i in items], max_tokens)
+        docs += windows
+        skipped += n
+    if not docs:
+        raise DataError("no training documents: every user's training titles are empty", path=processed_dir,
+                        fix="check the split (rerun `genrec split`)")
+    if limit is not None and len(docs) > limit:
+        docs = random.Random(seed).sample(docs, limit)
+    if skipped:
+        log.warning("%d training titles are longer than train.max_seq_length=%d with the header: left out",
+                    skipped, max_tokens)
+    tokens = sum(len(ids) for ids, _ in docs)
+    target_tokens = sum(sum(t != -100 for t in labels) for _, labels in docs)
+    data = Dataset.from_dict({"input_ids": [ids for ids, _ in docs], "labels": [lab for _, lab in docs]})
+    packed = pack_dataset(data, max_tokens, strategy="bfd")
+    rows = len(packed)
+    log.info("%d users -> %d documents (%d tokens, %.0f%% with a loss) packed into %d rows of %d tokens (%.1f%% "
+             "padding)", len(histories), len(docs), tokens, 100 * target_tokens / max(tokens, 1), rows, max_tokens,
+             100 * (1 - tokens / max(rows * max_tokens, 1)))
+    stats = {"users": len(histories), "records": len(docs), "packed_rows": rows, "tokens": tokens,
+             "completion_tokens": target_tokens, "titles_skipped": skipped}
+    return packed, stats
+
+
+def next_title_dataset(processed_dir: Path, encoder: SequenceEncoder, max_tokens: int, limit: int | None, seed: int):
+    """Validation loss data: per (sampled) user, the evaluation prompt from its training titles, then the
+    valid title line, with the loss on that line only (the next-title loss the recommender is judged on)."""
+    from datasets import Dataset
+
+    titles = read_titles(processed_dir)
+    valid = read_histories(processed_dir, before="test")  # train items, then the valid item last
+    users = sorted(valid)
+    if limit is not None and len(users) > limit:
+        users = sorted(random.Random(seed).sample(users, limit))
+    ids_list, labels_list = [], []
+    for user in users:
+        *history, target = [titles[i] for i in valid[user]]
+        line = encoder.line_ids(target)
+        prompt, _ = encoder.prompt_ids(history, max_tokens - len(line))
+        ids_list.append(prompt + line)
+        labels_list.append([-100] * len(prompt) + line)
+    return Dataset.from_dict({"input_ids": ids_list, "labels": labels_list,
+                              "seq_lengths": [[len(ids)] for ids in ids_list]})
+
+
+class PackedCollator:
+    """Packed rows -> input_ids, labels and position ids that restart at every document; no attention mask.
+
+    Without a mask, transformers derives a block-causal mask from the position ids (a position that does
+    not follow its predecessor starts a new sequence), so packed documents never attend to each other.
+    It does so only without a KV cache (`masking_utils._preprocess_mask_arguments`), hence
+    `use_cache=False` in every batch. Right padding forms its own "document" with labels -100.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[row, :n] = torch.as_tensor(e["input_ids"])
+            labels[row, :n] = torch.as_tensor(e["labels"])
+            lengths = list(e["seq_lengths"]) + ([width - n] if width > n else [])
+            positions[row] = torch.cat([torch.arange(length) for length in lengths])
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def accumulation_steps(tp: TrainParams, num_processes: int) -> int:
@@ -72,8 +188,11 @@ def accumulation_steps(tp: TrainParams, num_processes: int) -> int:
     return tp.batch_size // per_step
 
 
-def sft_config(params: Params, output_dir: Path, num_processes: int):
-    """The SFTConfig for `params.train`: gradient accumulation = batch_size / (micro_batch_size x processes)."""
+def sft_config(params: Params, output_dir: Path, num_processes: int, sequence: bool = False):
+    """The SFTConfig for `params.train`: gradient accumulation = batch_size / (micro_batch_size x processes).
+
+    sequence: the data comes tokenised, labelled and packed (`sequence_dataset`), so TRL's preparation is skipped.
+    """
     import torch
     from trl import SFTConfig
 
@@ -92,6 +211,7 @@ def sft_config(params: Params, output_dir: Path, num_processes: int):
         eval_strategy="steps" if tp.eval_steps else "no", eval_steps=tp.eval_steps,
         save_strategy="steps", save_steps=tp.save_steps, save_total_limit=tp.save_total_limit,
         report_to="none", ddp_find_unused_parameters=False, dataloader_num_workers=0,
+        dataset_kwargs={"skip_prepare_dataset": True} if sequence else None,
     )
 
 

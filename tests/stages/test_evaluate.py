@@ -233,6 +233,6 @@ def test_unconstrained_beams_match_titles_exactly_after_whitespace_normalisation
     catalogue = Catalogue.from_items(world["items"])
     ids = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     hyps = [Hypothesis(ids(f"{SHARED}  "), -1.0, None), Hypothesis(ids("Heat 3"), -2.0, None)]
-    first, second = evaluate.ranked_entries(hyps, catalogue, tokenizer, constrained=False)
+    first, second = evaluation.ranked_entries(hyps, catalogue, tokenizer, constrained=False)
     assert first == {"title": SHARED, "item_ids": [str(len(TITLES)), str(len(TITLES) + 1)], "score": -1.0}
     assert second == {"title": None, "item_ids": [], "score": -2.0, "text": "Heat 3"}

@@ -108,7 +108,7 @@ def test_metrics_land_in_the_training_run(trained):
 
 
 def test_user_sample_matches_the_evaluate_stage(trained):
-    from genrec.stages.evaluate import sample_users
+    from genrec.evaluation import sample_users
 
     tmp, _ = trained
     evaluate(tmp, tiny_params(tmp, max_users=7), name="sample")

@@ -40,7 +40,7 @@ EXPECTED_STEPS = 12
 
 
 def tiny_train_params(**overrides) -> TrainParams:
-    base = dict(seed=7, epochs=2, max_train_samples=None, max_valid_samples=None, batch_size=4,
+    base = dict(format="instruction", seed=7, epochs=2, max_train_samples=None, max_valid_samples=None, batch_size=4,
                 micro_batch_size=2, learning_rate=1e-2, warmup=1, max_seq_length=128, bf16=False,
                 logging_steps=1, eval_steps=6, save_steps=1, save_total_limit=2,
                 accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
@@ -258,3 +258,61 @@ def test_fingerprint_ignores_logging_but_not_training_params(tmp_path):
     assert train.config_fingerprint(params, hashes) == train.config_fingerprint(same, hashes)
     assert train.config_fingerprint(params, hashes) != train.config_fingerprint(other, hashes)
     assert train.config_fingerprint(params, hashes) != train.config_fingerprint(params, {"base": "md5:2"})
+
+
+def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_path):
+    """train.format=sequence: documents from the split, the template saved for evaluation, curve points in
+    curve.csv and MLflow; the evaluate stage then ranks real titles with the line end as end marker."""
+    from mlflow.tracking import MlflowClient
+
+    from genrec.params import EvalParams
+    from genrec.stages import evaluate
+    from genrec.stages import prompts as prompts_stage
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    processed = tiny_genrec.write_split(tmp_path / "processed")
+    prompts_stage.run(Params(dataset="tiny"), processed_dir=processed, out_dir=tmp_path / "prompts")
+    base = tiny_genrec.write_backbone(tmp_path / "base")
+    params = Params(dataset="tiny", train=tiny_train_params(
+        format="sequence", prompt_history=3, epochs=4, batch_size=2, micro_batch_size=2, max_seq_length=48,
+        curve_steps=2, curve_users=4, eval_steps=None, save_steps=100),
+        tracking=TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        eval=EvalParams(batch_size=4, bootstrap_samples=50))
+    out, curve_dir = tmp_path / "models" / "genrec", tmp_path / "curve"
+    result = train.run(params, base_dir=base, prompts_dir=tmp_path / "prompts", processed_dir=processed,
+                       out_dir=out, curve_dir=curve_dir)
+
+    template = PromptTemplate.load(out / "template.json")
+    assert template.format == "sequence" and template.max_history == 3
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["users"] == tiny_genrec.USERS and training["completion_tokens"] > 0
+    steps = result["global_step"]
+    assert steps == 4 * -(-training["packed_rows"] // 2)  # 4 epochs of packed rows, batch 2
+    rows = (curve_dir / "curve.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["step", "tokens"]
+    points = [dict(zip(rows[0].split(","), r.split(","))) for r in rows[1:]]
+    assert [int(p["step"]) for p in points] == sorted({*range(2, steps + 1, 2), steps})
+    assert all(0 <= float(p["hr_at_10"]) <= 1 and int(p["users"]) == 4 for p in points)
+    assert (curve_dir / "curve.png").stat().st_size > 1000
+    history = MlflowClient(params.tracking.uri).get_metric_history(result["run_id"], "curve_hr_at_10")
+    assert [m.step for m in history] == [int(p["step"]) for p in points]
+
+    metrics = evaluate.run(params, base_dir=base, model_dir=out, prompts_dir=tmp_path / "prompts",
+                           processed_dir=processed, metrics_path=tmp_path / "m.json",
+                           predictions_path=tmp_path / "p.jsonl")
+    assert metrics["users"] == tiny_genrec.USERS and metrics["valid_beam_share"] == 1.0
+    train_items = {}
+    for line in (tmp_path / "prompts" / "test.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        train_items[record["user_id"]] = set(record["history_titles"])
+    for line in (tmp_path / "p.jsonl").read_text().splitlines():
+        prediction = json.loads(line)
+        titles = [entry["title"] for entry in prediction["ranked"]]
+        assert titles and set(titles) <= set(tiny_genrec.TITLES)
+        assert not set(titles) & train_items[prediction["user_id"]]  # history excluded
+
+
+def test_sequence_format_needs_the_split(tiny, tmp_path):
+    params = tiny_params(tiny["tmp"], format="sequence")
+    with pytest.raises(DataError, match="--processed"):
+        train.run(params, base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=tmp_path / "out")

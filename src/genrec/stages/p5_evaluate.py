@@ -28,7 +28,8 @@ from genrec import p5
 from genrec.errors import DataError
 from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.params import Params
-from genrec.stages.evaluate import log_to_mlflow, read_catalogue, sample_users, summarise
+from genrec.evaluation import read_catalogue, sample_users
+from genrec.stages.evaluate import log_to_mlflow, summarise
 from genrec.stages.p5_train import encode
 from genrec.stages.prompts import SPLITS, load_sequences, target_rows
 

@@ -3,14 +3,18 @@
 Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/accelerate/):
 
     accelerate launch --config_file configs/accelerate/cpu.yaml -m genrec.cli train \\
-        --base models/base --prompts data/prompts/ml-latest-small --out models/genrec
+        --base models/base --prompts data/prompts/ml-latest-small \\
+        --processed data/processed/ml-latest-small --out models/genrec --curve reports/learning_curve
 
 `genrec train ...` without the launcher runs the same thing in one process.
 
-params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.sft`) on a
-prompt/completion dataset made by the one prompt function (`genrec.prompts.fit_to_token_budget`: the
-oldest history titles are dropped to fit `train.max_seq_length`, never the target); the loss is on
-completion tokens only, each completion ending with exactly one EOS (checked).
+params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.sft`). The
+`sequence` format (default) trains on every training title of every user (documents from the split,
+packed); `instruction` trains the paper's prompt/completion records (`genrec.prompts.fit_to_token_budget`:
+the oldest history titles are dropped to fit `train.max_seq_length`, never the target; loss on the
+completion, which ends with exactly one EOS, checked). The template used is saved beside the adapter.
+With `train.curve_steps`, validation HR/NDCG on `train.curve_users` users are measured during training
+(`genrec.curve`) and written to `--curve` and the MLflow run.
 
 Checkpoints go to `<out>.checkpoints/`, outside the DVC out (which DVC deletes before a rerun), so
 `train.resume: auto` continues after a kill from the last complete checkpoint of the same
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from genrec import sft, tracking
 from genrec.backbone import check_local_dir
+from genrec.curve import curve_data, learning_curve_callback, write_curve
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
 from genrec.params import Params, to_dict
@@ -39,7 +44,8 @@ STATE_FILE = "genrec_state.json"
 """In the checkpoints folder: the configuration fingerprint and the MLflow run id, for resume."""
 
 
-def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> dict:
+def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, processed_dir: Path | None = None,
+        curve_dir: Path | None = None) -> dict:
     """Fine-tune LoRA adapters on the training prompts and write them with their lineage to `out_dir`.
 
     Writes (atomically) adapter_model.safetensors + adapter_config.json, the tokenizer, template.json
@@ -54,11 +60,12 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> 
     from accelerate import PartialState
 
     base_dir, prompts_dir, out_dir = Path(base_dir), Path(prompts_dir), Path(out_dir)
+    processed_dir = Path(processed_dir) if processed_dir is not None else None
     tp = params.train
-    template = check_inputs(params, base_dir, prompts_dir)
+    template = check_inputs(params, base_dir, prompts_dir, processed_dir)
     state = PartialState()
     sft.accumulation_steps(tp, state.num_processes)
-    hashes = tracking.data_hashes([base_dir, prompts_dir])
+    hashes = tracking.data_hashes([base_dir, prompts_dir] + ([processed_dir] if tp.format == "sequence" else []))
     fingerprint = config_fingerprint(params, hashes)
     resume_from, run_id = find_resume_point(checkpoint_dir(out_dir), tp.resume, fingerprint)
     if state.is_main_process:
@@ -66,9 +73,17 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> 
     state.wait_for_everyone()
 
     trainer, train_stats = sft.build_trainer(params, base_dir, prompts_dir, template, checkpoint_dir(out_dir),
-                                             state.num_processes)
+                                             state.num_processes, processed_dir=processed_dir)
     tokenizer = trainer.processing_class
     initial = sft.lora_state(trainer.model)
+    curve = None
+    if tp.curve_steps and processed_dir is not None and state.is_main_process:
+        data = curve_data(prompts_dir, processed_dir, template, tokenizer, tp.curve_users, params.eval)
+        rows = train_stats.get("packed_rows") or train_stats["records"]
+        curve = learning_curve_callback((tokenizer, template), data, tp.curve_steps,
+                                        tp.batch_size * train_stats["tokens"] / max(rows, 1), trainer.args.bf16,
+                                        log_to_mlflow=True)
+        trainer.add_callback(curve)
 
     main = state.is_main_process  # only the main process logs to MLflow and writes outputs
     if main and run_id is not None and not tracking.run_exists(params, run_id):
@@ -101,6 +116,8 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path) -> 
                 "params": to_dict(params), "base_model": backbone_info(base_dir, trainer.model, hashes),
                 "training": summary})
             shutil.rmtree(checkpoint_dir(out_dir), ignore_errors=True)
+            if curve_dir is not None:
+                write_curve(Path(curve_dir), curve.points if curve else [], run_name(params, fingerprint))
     state.wait_for_everyone()
     log.info("trained %d steps (train loss %.4f, valid loss %s); wrote %s", summary["global_step"],
              result.training_loss, summary["eval_loss"], out_dir)
@@ -119,11 +136,13 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".checkpoints")
 
 
-def check_inputs(params: Params, base_dir: Path, prompts_dir: Path) -> PromptTemplate:
+def check_inputs(params: Params, base_dir: Path, prompts_dir: Path, processed_dir: Path | None = None
+                 ) -> PromptTemplate:
     """Every bad-input check that needs no training: one-line DataErrors naming the param or path.
 
     Returns:
-        The prompt template the prompts stage used (prompts_dir/template.json).
+        The prompt template to train with: `sequence` with `train.prompt_history` titles, or the one the
+        prompts stage wrote (prompts_dir/template.json) for `instruction`.
     """
     profile = accelerate_profile_path(params.train.accelerate_profile)
     if not profile.is_file():
@@ -140,6 +159,12 @@ def check_inputs(params: Params, base_dir: Path, prompts_dir: Path) -> PromptTem
         if not path.is_file() or not any(line.strip() for line in path.open(encoding="utf-8")):
             raise DataError("no prompt records", path=path,
                             fix="Run `genrec prompts`; if it wrote none, relax split.user_core/item_core")
+    if params.train.format == "sequence":
+        for name in ("train.parquet", "items.parquet"):
+            if processed_dir is None or not (processed_dir / name).is_file():
+                raise DataError(f"train.format=sequence reads the split's {name}", path=processed_dir,
+                                fix="pass --processed data/processed/<dataset> (run `genrec split` first)")
+        return PromptTemplate.sequence(params.train.prompt_history)
     return PromptTemplate.load(template_path)
 
 

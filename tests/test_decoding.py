@@ -126,3 +126,59 @@ def test_generation_config_is_ignored_and_small_candidate_sets_do_not_crash(mode
     assert [h.tokens for h in after[0]] == [h.tokens for h in before[0]]
     assert sorted(h.title for h in after[0]) == [0, 1, 2]  # only 3 titles exist: 3 real beams
     assert after[1] == []  # everything excluded: no beam, no crash
+
+
+def forced_log_probs(model, prompt, tokens):
+    """Teacher-forced log p of each generated token (the title tokens and the final EOS)."""
+    ids = torch.tensor([list(prompt) + list(tokens)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(tokens)]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.03])
+def test_ghost_tokens_do_not_count_in_the_length(model, titles, prompts, threshold):
+    """D3: each finished title scores sum(log p) / (tokens with p < threshold)."""
+    import math
+
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=5, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD,
+                            ghost_threshold=threshold)
+    beams = ranked_beams(model, prompts, settings, trie=trie, batch_size=3)
+    ghosts = 0
+    for prompt, hyps in zip(prompts, beams):
+        assert len(hyps) == 5 and all(h.title is not None for h in hyps)
+        for h in hyps:
+            logps = forced_log_probs(model, prompt, [*h.tokens, EOS])
+            counted = sum(lp < math.log(threshold) for lp in logps)
+            ghosts += len(logps) - counted
+            assert h.score == pytest.approx(sum(logps) / max(counted, 1), rel=1e-3, abs=1e-4)
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    assert ghosts > 0 or threshold > 0.1  # at 0.03 the case the option is for occurs
+
+
+def test_a_node_prior_steers_the_search_to_its_title(model, titles, prompts):
+    from genrec.assist import node_log_mass
+
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=5, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)
+    plain = ranked_beams(model, prompts, settings, trie=trie)
+    favourite = len(titles) - 1
+    probs = torch.full((1, len(titles)), 1e-6, dtype=torch.float64)
+    probs[0, favourite] = 1.0
+    probs /= probs.sum()
+    log_mass = node_log_mass(trie, probs)
+    assert log_mass[0, 0].item() == pytest.approx(0.0, abs=1e-6)  # the root holds all the mass
+    leaf = trie.title_paths[favourite][trie.title_paths[favourite] >= 0][-1]
+    assert log_mass[0, leaf].exp().item() == pytest.approx(probs[0, favourite].item(), rel=1e-5)
+
+    def prior(chunk):
+        return log_mass.expand(len(chunk), -1)
+
+    off = ranked_beams(model, prompts, BeamSettings(**{**settings.__dict__, "prior_weight": 0.0}), trie=trie,
+                       node_prior=prior)
+    assert [[h.tokens for h in u] for u in off] == [[h.tokens for h in u] for u in plain]
+    steered = ranked_beams(model, prompts, BeamSettings(**{**settings.__dict__, "prior_weight": 5.0}), trie=trie,
+                           node_prior=prior)
+    assert all(u[0].title == favourite for u in steered)
+    assert any(u[0].title != favourite for u in plain)

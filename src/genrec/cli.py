@@ -163,6 +163,9 @@ def train(params_path, overrides, **paths):
               help="Folder with valid/test.jsonl from `genrec prompts`.")
 @processed_option
 @results_options
+@click.option("--assistant", "assistant_dir", type=folder(exists=True), default=None,
+              help="SASRec model folder (models/sasrec): D3's text-free assistant, weighted by eval.assistant_weight; "
+                   "the metrics are then those of genrec+sasrec.")
 def evaluate(params_path, overrides, **paths):
     """Generative top-k (10-beam search, constrained to catalogue titles) and HR/NDCG for every user."""
     run_stage("evaluate", params_path, overrides, **paths)

@@ -28,6 +28,7 @@ reachable (tiny catalogues, heavy exclusion, early_stopping=True); they are drop
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,6 +53,11 @@ class BeamSettings:
     early_stopping: bool | str = False
     eos_token_id: int = 0
     pad_token_id: int = 0
+    ghost_threshold: float | None = None
+    """D3 length normalisation: generated tokens the search gives probability >= this ("ghost" tokens,
+    p ~ 1 inside a title) do not count in the length; None: every token counts (HF)."""
+    prior_weight: float = 0.0
+    """Weight of a per-user node prior (`node_prior` of `ranked_beams`) added to every step's log-probs."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def is_real(score: float, length: int, length_penalty: float) -> bool:
 
 def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
                  excluded: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
-                 progress: bool = False) -> list[list[Hypothesis]]:
+                 progress: bool = False, node_prior=None) -> list[list[Hypothesis]]:
     """Beam search for every prompt, `batch_size` users at a time, longest prompts first.
 
     Args:
@@ -82,6 +88,10 @@ def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
         excluded: Per user, title indices the search may not return (constrained only).
         batch_size: Users decoded together.
         progress: Show a tqdm bar over users.
+        node_prior: Constrained only: a function of prompt indices giving [len(indices), trie nodes + 1]
+            log-masses (`genrec.assist.node_log_mass`); a step from node a to node b adds
+            `prior_weight * (prior[b] - prior[a])`, so a finished title gains prior_weight x its log-prob
+            under the prior (D3's text-free assistant, mixed into every step of the search).
 
     Returns:
         Per user (in input order), its finished beams, best first (at most num_beams).
@@ -94,8 +104,9 @@ def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         chunk_excluded = [excluded[i] for i in chunk] if excluded is not None else None
+        prior = node_prior(chunk).to(model.device) if node_prior is not None and trie is not None else None
         for i, hyps in zip(chunk, beam_search(model, [prompts[i] for i in chunk], settings, trie=trie,
-                                              excluded=chunk_excluded)):
+                                              excluded=chunk_excluded, prior=prior)):
             results[i] = hyps
         bar.update(len(chunk))
     bar.close()
@@ -104,7 +115,8 @@ def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
 
 @torch.inference_mode()
 def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
-                excluded: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
+                excluded: Sequence[Sequence[int]] | None = None, prior: torch.Tensor | None = None
+                ) -> list[list[Hypothesis]]:
     """Beam search for one batch of prompts; see the module docstring. Returns beams per prompt."""
     device, k = model.device, settings.num_beams
     if trie is not None:
@@ -135,7 +147,8 @@ def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings,
             log_probs = torch.cat([log_probs, log_probs.new_zeros(len(users), k - fed, log_probs.shape[-1])], 1)
             log_probs = log_probs.flatten(0, 1)
         if trie is not None:  # HF: log-softmax over the whole vocabulary first, then the constraint
-            log_probs = _constrain(log_probs, trie, beams.nodes.flatten(), users.repeat_interleave(k), closed)
+            log_probs = _constrain(log_probs, trie, beams.nodes.flatten(), users.repeat_interleave(k), closed,
+                                   prior, settings.prior_weight)
         done = beams.step(log_probs.view(len(users), k, -1), step, settings, trie)
         user_ids = users.tolist()
         for row in done.nonzero().flatten().tolist():
@@ -151,11 +164,16 @@ def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings,
 
 
 def _constrain(log_probs: torch.Tensor, trie: TitleTrie, nodes: torch.Tensor, users: torch.Tensor,
-               closed: torch.Tensor | None) -> torch.Tensor:
-    """Log-probs with every token the trie does not allow at each row's node set to -inf."""
+               closed: torch.Tensor | None, prior: torch.Tensor | None = None, weight: float = 0.0) -> torch.Tensor:
+    """Log-probs with every token the trie does not allow at each row's node set to -inf; with a
+    prior, each allowed step also gains weight x (prior of the child node - prior of the parent)."""
     rows, tokens = allowed_tokens(trie, nodes, users, closed)
     out = torch.full_like(log_probs, float("-inf"))
     out[rows, tokens] = log_probs[rows, tokens]
+    if prior is not None and weight:
+        parent = nodes[rows]
+        child = advance(trie, parent, tokens)
+        out[rows, tokens] += weight * (prior[users[rows], child] - prior[users[rows], parent])
     return out
 
 
@@ -213,6 +231,8 @@ class _Beams:
     fin_lengths: torch.Tensor     # [users, K] generated tokens, EOS included
     fin_done: torch.Tensor        # [users, K] HF's is_sent_finished
     improvable: torch.Tensor      # [users, 1] HF's is_early_stop_heuristic_unsatisfied
+    counts: torch.Tensor          # [users, K] running beams' non-ghost tokens (ghost_threshold only)
+    fin_counts: torch.Tensor      # [users, K] the length each finished beam was normalised by
 
     @classmethod
     def start(cls, users: int, k: int, max_new: int, device) -> _Beams:
@@ -225,7 +245,8 @@ class _Beams:
                    fin_scores=torch.full((users, k), IMPOSSIBLE, device=device), fin_seqs=seqs.clone(),
                    fin_nodes=zeros.clone(), fin_lengths=zeros.clone(),
                    fin_done=torch.zeros((users, k), dtype=torch.bool, device=device),
-                   improvable=torch.ones((users, 1), dtype=torch.bool, device=device))
+                   improvable=torch.ones((users, 1), dtype=torch.bool, device=device),
+                   counts=zeros.clone(), fin_counts=zeros.clone())
 
     def select(self, rows: torch.Tensor) -> _Beams:
         return _Beams(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
@@ -239,6 +260,10 @@ class _Beams:
         seqs = self.seqs.gather(1, origin[:, :, None].expand(-1, -1, self.seqs.shape[2]))
         seqs[:, :, step - 1] = tokens
         nodes = self.nodes.gather(1, origin)
+        counts = torch.full_like(nodes, step)
+        if s.ghost_threshold is not None:  # D3: a token the search was all but sure of adds no length
+            token_log_probs = top_scores - self.running_scores.gather(1, origin)
+            counts = self.counts.gather(1, origin) + (token_log_probs < math.log(s.ghost_threshold)).long()
         if trie is not None:
             nodes = advance(trie, nodes, tokens)
             nodes = torch.where(torch.isfinite(top_scores), nodes, torch.full_like(nodes, trie.dead))
@@ -247,19 +272,23 @@ class _Beams:
         # Running beams for the next step: the best K continuations that did not finish.
         running = top_scores + hits.to(torch.float32) * IMPOSSIBLE
         nxt = torch.topk(running, k).indices
-        self._update_finished(top_scores, seqs, nodes, hits, step, s)
+        self._update_finished(top_scores, seqs, nodes, hits, step, s, counts)
         self.running_scores, self.nodes = running.gather(1, nxt), nodes.gather(1, nxt)
+        self.counts = counts.gather(1, nxt)
         self.seqs = seqs.gather(1, nxt[:, :, None].expand(-1, -1, seqs.shape[2]))
         parent = origin.gather(1, nxt)
         self.ancestors = self.ancestors.gather(1, parent[:, :, None].expand(-1, -1, self.ancestors.shape[2]))
         return self._done(hits, step, s)
 
     def _update_finished(self, top_scores: torch.Tensor, seqs: torch.Tensor, nodes: torch.Tensor,
-                         hits: torch.Tensor, step: int, s: BeamSettings) -> None:
+                         hits: torch.Tensor, step: int, s: BeamSettings, counts: torch.Tensor) -> None:
         """HF's `_update_finished_beams`, in the same order of operations (so the same float rounding)."""
         k = self.fin_scores.shape[1]
         just_finished = hits & (torch.arange(2 * k, device=hits.device) < k)
-        normalised = top_scores / (step ** s.length_penalty)
+        if s.ghost_threshold is None:
+            normalised = top_scores / (step ** s.length_penalty)
+        else:
+            normalised = top_scores / (counts.clamp(min=1).to(torch.float32) ** s.length_penalty)
         normalised += (self.fin_done.all(-1, keepdim=True) & (s.early_stopping is True)).to(torch.float32) * IMPOSSIBLE
         normalised += (~self.improvable).to(torch.float32) * IMPOSSIBLE
         normalised += (~just_finished) * IMPOSSIBLE
@@ -275,11 +304,14 @@ class _Beams:
         self.fin_seqs = keep_best(self.fin_seqs, seqs)
         self.fin_nodes = keep_best(self.fin_nodes, nodes)
         self.fin_lengths = keep_best(self.fin_lengths, torch.full_like(nodes, step))
+        self.fin_counts = keep_best(self.fin_counts, counts.clamp(min=1))
         self.fin_done = keep_best(self.fin_done, just_finished)
 
     def _done(self, hits: torch.Tensor, step: int, s: BeamSettings) -> torch.Tensor:
         """HF's `_check_early_stop_heuristic` and `_beam_search_has_unfinished_sequences`, per user."""
         length = s.max_new_tokens if s.early_stopping == "never" and s.length_penalty > 0 else step
+        if s.ghost_threshold is not None and s.early_stopping != "never":
+            length = self.counts[:, :1].clamp(min=1).to(torch.float32)  # HF's heuristic, in D3's lengths
         best_possible = self.running_scores[:, :1] / (length ** s.length_penalty)
         worst = torch.where(self.fin_done, self.fin_scores.min(1, keepdim=True).values, IMPOSSIBLE)
         self.improvable = self.improvable & (best_possible > worst).any(-1, keepdim=True)
@@ -290,9 +322,11 @@ class _Beams:
         """The real finished beams of one user, best first."""
         out = []
         titles = trie.node_title[self.fin_nodes[row]].tolist() if trie is not None else [-1] * s.num_beams
-        for score, seq, title, length, done in zip(self.fin_scores[row].tolist(), self.fin_seqs[row].tolist(), titles,
-                                                   self.fin_lengths[row].tolist(), self.fin_done[row].tolist()):
-            if not done or not is_real(score, length, s.length_penalty):
+        for score, seq, title, length, count, done in zip(
+                self.fin_scores[row].tolist(), self.fin_seqs[row].tolist(), titles, self.fin_lengths[row].tolist(),
+                self.fin_counts[row].tolist(), self.fin_done[row].tolist()):
+            normalised_by = length if s.ghost_threshold is None else count
+            if not done or not is_real(score, normalised_by, s.length_penalty):
                 continue
             tokens = seq[:length]
             ended = tokens[-1] == s.eos_token_id

@@ -29,10 +29,13 @@ RECORD_KEYS = ("user_id", "instruction", "history_titles", "target_item_id")
 
 
 def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogue, prompts: list[list[int]],
-                 excluded: list[list[int]], e: EvalParams, progress: bool = True) -> tuple[list[list[dict]], float, int]:
+                 excluded: list[list[int]], e: EvalParams, progress: bool = True, assistant=None,
+                 histories: list[list[str]] | None = None) -> tuple[list[list[dict]], float, int]:
     """Each user's ranked list (`ranked_entries`), the decoding seconds and the generated-token cap.
 
     Users whose history already covers the whole catalogue are not decoded: their list stays empty.
+    With an `assistant` (`genrec.assist.SasrecAssistant`) and `e.assistant_weight`, its title
+    probabilities for each user's `histories` (item ids) are mixed into the search.
     """
     from genrec.decoding import BeamSettings, ranked_beams
     from genrec.trie import build_title_trie
@@ -41,6 +44,7 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     end = end_token_id(template, tokenizer)
     settings = BeamSettings(num_beams=e.num_beams, length_penalty=float(e.length_penalty),
                             early_stopping=e.early_stopping, eos_token_id=end,
+                            ghost_threshold=e.ghost_threshold, prior_weight=float(e.assistant_weight),
                             pad_token_id=_pad_id(tokenizer),
                             max_new_tokens=e.max_new_tokens or max(len(t) for t in token_ids) + 1)
     trie = build_title_trie(token_ids, end) if e.constrained else None
@@ -51,10 +55,16 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     log.info("decoding %d users: %d titles (%d shared by several items), %s, %d beams, at most %d new tokens",
              len(todo), len(catalogue.titles), catalogue.shared_titles(),
              "constrained" if trie is not None else "unconstrained", e.num_beams, settings.max_new_tokens)
+    node_prior = None
+    if assistant is not None and e.assistant_weight and trie is not None:
+        from genrec.assist import node_log_mass
+
+        def node_prior(chunk: list[int]):
+            return node_log_mass(trie, assistant.title_probs([histories[todo[i]] for i in chunk]))
     start = time.perf_counter()
     beams = ranked_beams(model, [prompts[i] for i in todo], settings, trie=trie,
                          excluded=[excluded[i] for i in todo] if trie is not None else None,
-                         batch_size=e.batch_size, progress=progress)
+                         batch_size=e.batch_size, progress=progress, node_prior=node_prior)
     seconds = time.perf_counter() - start
     lists: list[list[dict]] = [[] for _ in prompts]
     for i, hyps in zip(todo, beams):

@@ -286,6 +286,11 @@ class EvalParams:
     true can return fewer than num_beams titles when constrained: HF counts its filler beams as finished."""
     max_new_tokens: int | None = None
     """Generated-token cap; None: the longest catalogue title + EOS, so no title is cut off."""
+    ghost_threshold: float | None = None
+    """D3 length normalisation: tokens generated with probability >= this do not count in the length; None: HF's."""
+    assistant_weight: float = 0.0
+    """D3 text-free assistant: weight of SASRec's title log-probs mixed into every step (with --assistant);
+    results are reported as genrec+sasrec."""
     bootstrap_samples: int = 1000
     """Resamples of users for the 95% intervals."""
     dtype: str = "auto"
@@ -317,6 +322,12 @@ class EvalParams:
             out.append(f"eval.early_stopping={self.early_stopping!r}: use false, true or never")
         if self.dtype not in EVAL_DTYPES:
             out.append(f"eval.dtype={self.dtype!r}: use one of {', '.join(EVAL_DTYPES)}")
+        if self.ghost_threshold is not None and (isinstance(self.ghost_threshold, bool) or not isinstance(
+                self.ghost_threshold, (int, float)) or not 0 < self.ghost_threshold < 1):
+            out.append("eval.ghost_threshold: expected a probability in (0, 1), e.g. 0.9, or null")
+        if isinstance(self.assistant_weight, bool) or not isinstance(self.assistant_weight, (int, float)) \
+                or self.assistant_weight < 0:
+            out.append("eval.assistant_weight: expected a number >= 0")
         return out
 
 

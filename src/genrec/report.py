@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
 LABELS = {"hr_at_5": "HR@5", "ndcg_at_5": "NDCG@5", "hr_at_10": "HR@10", "ndcg_at_10": "NDCG@10"}
-MODEL_ORDER = ("genrec", "p5", "sasrec", "mostpop")
+MODEL_ORDER = ("genrec", "genrec+sasrec", "p5", "sasrec", "mostpop")
 
 PAPER_TABLE_1 = {
     # Ji et al. 2023 (arXiv 2307.00457), Table 1: HR@5, NDCG@5, HR@10, NDCG@10; LLaMA-7B backbone.

@@ -76,7 +76,7 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
                                        tp.max_valid_samples, tp.seed)
         collator = None
     set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
+    trainer = (model_loss_trainer() if sequence else SFTTrainer)(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
                          processing_class=tokenizer, peft_config=lora_config(tp.lora), data_collator=collator)
     if not sequence:
         stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
@@ -173,6 +173,26 @@ class PackedCollator:
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def model_loss_trainer():
+    """SFTTrainer whose loss is the model's own causal-LM cross-entropy (transformers' `Trainer.compute_loss`).
+
+    For `sequence` data ~94% of positions carry a loss, so TRL's fused, chunked LM head (which also
+    computes entropy and top-1 accuracy over the vocabulary, and recomputes the head in backward) buys no
+    memory worth its time on a CPU: 14.5 s against 9.7 s a step for SmolLM2-135M, micro-batch 8 x 256
+    tokens (bench/train_cpu.py). Everything else (data, collator, PEFT, accelerate) stays TRL's.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return ModelLossSFTTrainer
 
 
 def accumulation_steps(tp: TrainParams, num_processes: int) -> int:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: Path, processed_dir: Path,
-        metrics_path: Path, predictions_path: Path) -> dict:
+        metrics_path: Path, predictions_path: Path, assistant_dir: Path | None = None) -> dict:
     """Evaluate the adapter in `model_dir` on `base_dir` (or the bare backbone when `model_dir` is None).
 
     Writes `predictions_path` (JSON lines: user, target, ranked titles with item ids and scores) and
@@ -55,13 +55,27 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     prompts, truncated = encode_prompts(records, template, tokenizer, e.max_prompt_tokens)
     excluded = user_exclusions(records, catalogue, processed_dir, e.split) if e.constrained and e.exclude_history \
         else [[] for _ in records]
-    lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e)
+    assistant, histories = None, None
+    if assistant_dir is not None and e.assistant_weight:
+        from genrec.assist import SasrecAssistant
+        from genrec.sequences import read_histories
+
+        assistant = SasrecAssistant(Path(assistant_dir), catalogue)
+        known = read_histories(processed_dir, before=e.split, users=[r["user_id"] for r in records])
+        histories = [known.get(str(r["user_id"]), []) for r in records]
+    lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
+                                                  assistant=assistant, histories=histories)
 
     hopeless = sum(len(titles) == len(catalogue.titles) for titles in excluded)
     metrics = summarise(records, lists, e, seconds, truncated=truncated, hopeless=hopeless,
-                        shared_titles=catalogue.shared_titles(), max_new_tokens=max_new_tokens)
+                        shared_titles=catalogue.shared_titles(), max_new_tokens=max_new_tokens,
+                        protocol={"ghost_threshold": e.ghost_threshold,
+                                  "assistant": "sasrec" if assistant is not None else None,
+                                  "assistant_weight": e.assistant_weight if assistant is not None else 0.0,
+                                  "prompt_format": template.format})
     # What the report needs to put every model in one table, and to refuse a comparison across splits.
-    metrics.update(model="genrec" if model_dir is not None else "backbone",
+    name = "genrec" if model_dir is not None else "backbone"
+    metrics.update(model=name + ("+sasrec" if assistant is not None else ""),
                    split_fingerprint=split_fingerprint(processed_dir),
                    train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
     write_predictions(predictions_path, records, lists)

@@ -15,6 +15,7 @@ import torch
 from genrec.errors import DataError
 from genrec.params import EvalParams, Params, TrackingParams
 from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
+from genrec import evaluation
 from genrec.stages import evaluate
 from genrec.tracking import data_hashes
 

@@ -311,6 +311,33 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
         assert titles and set(titles) <= set(tiny_genrec.TITLES)
         assert not set(titles) & train_items[prediction["user_id"]]  # history excluded
 
+    # D3's text-free assistant: SASRec trained on the same split; a heavy weight makes its favourite title
+    # (among those not excluded) every user's first recommendation, reported as genrec+sasrec.
+    from dataclasses import replace
+
+    from genrec.assist import SasrecAssistant
+    from genrec.evaluation import read_catalogue
+    from genrec.sequences import read_histories
+    from genrec.stages import sasrec as sasrec_stage
+
+    sasrec_params = replace(params, sasrec=replace(params.sasrec, max_epochs=2))
+    sasrec_stage.run(sasrec_params, processed_dir=processed, model_dir=tmp_path / "sasrec",
+                     metrics_path=tmp_path / "s.json", predictions_path=tmp_path / "s.jsonl")
+    assisted = replace(params, eval=replace(params.eval, assistant_weight=1000.0, length_penalty=0.0))
+    metrics = evaluate.run(assisted, base_dir=base, model_dir=out, prompts_dir=tmp_path / "prompts",
+                           processed_dir=processed, metrics_path=tmp_path / "ma.json",
+                           predictions_path=tmp_path / "pa.jsonl", assistant_dir=tmp_path / "sasrec")
+    assert metrics["model"] == "genrec+sasrec" and metrics["protocol"]["assistant_weight"] == 1000.0
+    catalogue = read_catalogue(processed / "items.parquet")
+    assistant = SasrecAssistant(tmp_path / "sasrec", catalogue)
+    histories = read_histories(processed, before="test")
+    for line in (tmp_path / "pa.jsonl").read_text().splitlines():
+        prediction = json.loads(line)
+        history = histories[prediction["user_id"]]
+        probs = assistant.title_probs([history])[0]
+        probs[catalogue.covered_titles(history)] = -1
+        assert prediction["ranked"][0]["title"] == catalogue.titles[int(probs.argmax())]
+
 
 def test_sequence_format_needs_the_split(tiny, tmp_path):
     params = tiny_params(tiny["tmp"], format="sequence")

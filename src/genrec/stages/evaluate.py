@@ -83,7 +83,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(records),
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
     if model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists():
-        log_to_mlflow(params, Path(model_dir), metrics_path, predictions_path)
+        log_to_mlflow(params, Path(model_dir), metrics_path, predictions_path,
+                      prefix=params.eval.split + ("_sasrec" if assistant is not None else ""))
     return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
 
 
@@ -93,17 +94,6 @@ def _train_seconds(model_dir: Path | None) -> float | None:
     if path is None or not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("train_seconds")
-
-
-
-
-
-
-
-
-
-
-
 
 
 def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, seconds: float, *,
@@ -141,15 +131,17 @@ def write_predictions(path: Path, records: list[dict], lists: list[list[dict]]) 
                                ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictions_path: Path) -> None:
-    """Log the metrics (prefixed by the split) and the predictions file into the model's training run."""
+def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictions_path: Path,
+                  prefix: str | None = None) -> None:
+    """Log the metrics (prefixed by the split, or `prefix`) and the predictions file into the model's run."""
     import mlflow
 
     from genrec import tracking
 
+    prefix = prefix or params.eval.split
     with tracking.start_or_resume_run(params, run_id=tracking.read_run_id(model_dir)):
-        logged = tracking.log_metrics_file(metrics_path, prefix=params.eval.split)
-        mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{params.eval.split}")
-        mlflow.log_artifact(str(predictions_path), artifact_path=f"eval/{params.eval.split}")
+        logged = tracking.log_metrics_file(metrics_path, prefix=prefix)
+        mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{prefix}")
+        mlflow.log_artifact(str(predictions_path), artifact_path=f"eval/{prefix}")
     log.info("logged %d metrics and the predictions to MLflow run %s", len(logged), tracking.read_run_id(model_dir))
 

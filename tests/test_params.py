@@ -17,6 +17,7 @@ def test_params_yaml_loads_with_defaults_matching_dataclasses(root):
     raw = yaml.safe_load((root / "params.yaml").read_text())
     # Every section in params.yaml is a dataclass field, and every dataclass section is in params.yaml.
     assert set(raw) == {f.name for f in dataclasses.fields(Params)}
+    assert to_dict(params) == to_dict(Params())  # the defaults in params.yaml are the dataclasses' defaults
 
 
 def test_overrides_are_parsed_as_yaml(root):

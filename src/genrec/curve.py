@@ -52,18 +52,25 @@ def curve_data(prompts_dir: Path, processed_dir: Path, template: PromptTemplate,
 
 
 def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf16: bool) -> dict:
-    """HR@k / NDCG@k of `model` (switched to eval mode and back) on the curve's users."""
+    """HR@k / NDCG@k of `model` on the curve's users.
+
+    A PEFT model is evaluated as the evaluate stage sees it: a copy with the adapter merged into the
+    weights (the separate LoRA matmuls made a point ~3x slower); the model being trained is untouched.
+    """
+    import copy
+
     import torch
 
-    was_training = model.training
-    model.eval()
+    merged = copy.deepcopy(model)
+    if hasattr(merged, "merge_and_unload"):
+        merged = merged.merge_and_unload()
+    merged.eval()
     try:
-        with torch.autocast("cpu" if model.device.type == "cpu" else model.device.type, dtype=torch.bfloat16,
-                            enabled=bf16):
-            lists, _, _ = decode_lists(model, tokenizer, template, data.catalogue, data.prompts, data.excluded,
+        with torch.inference_mode(), torch.autocast(merged.device.type, dtype=torch.bfloat16, enabled=bf16):
+            lists, _, _ = decode_lists(merged, tokenizer, template, data.catalogue, data.prompts, data.excluded,
                                        data.eval_params, progress=False)
     finally:
-        model.train(was_training)
+        del merged
     ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
              for r, entries in zip(data.records, lists)]
     metrics = ranking_metrics(ranks, data.eval_params.k, 1, data.eval_params.seed)

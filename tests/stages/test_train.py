@@ -40,7 +40,7 @@ EXPECTED_STEPS = 12
 
 
 def tiny_train_params(**overrides) -> TrainParams:
-    base = dict(format="instruction", seed=7, epochs=2, max_train_samples=None, max_valid_samples=None, batch_size=4,
+    base = dict(format="instruction", seed=7, epochs=2, max_steps=None, lr_scheduler="linear", max_train_samples=None, max_valid_samples=None, batch_size=4,
                 micro_batch_size=2, learning_rate=1e-2, warmup=1, max_seq_length=128, bf16=False,
                 logging_steps=1, eval_steps=6, save_steps=1, save_total_limit=2,
                 accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu.yaml"),

@@ -287,9 +287,9 @@ class EvalParams:
     true can return fewer than num_beams titles when constrained: HF counts its filler beams as finished."""
     max_new_tokens: int | None = None
     """Generated-token cap; None: the longest catalogue title + EOS, so no title is cut off."""
-    ghost_threshold: float | None = None
+    ghost_threshold: float | None = 0.9
     """D3 length normalisation: tokens generated with probability >= this do not count in the length; None: HF's."""
-    assistant_weight: float = 0.0
+    assistant_weight: float = 10.0
     """D3 text-free assistant: weight of SASRec's title log-probs mixed into every step (with --assistant);
     results are reported as genrec+sasrec."""
     bootstrap_samples: int = 1000

@@ -82,7 +82,7 @@ def test_sft_config_carries_the_params(tmp_path):
     assert (config.learning_rate, config.warmup_steps, config.max_steps, config.max_length) == (3e-4, 0.1, 7, 256)
     assert config.completion_only_loss and not config.bf16 and config.eval_strategy == "no"
     assert config.report_to == []  # the stage logs to MLflow itself, into the run whose id it saves
-    lora = sft.lora_config(LoraParams())
+    lora = sft.lora_config(LoraParams(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"]))
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules)) == (8, 16, 0.05, {"q_proj", "v_proj"})
 
 

@@ -45,7 +45,7 @@ def test_runs_are_tagged_resumable_and_store_artifacts_beside_the_db(tmp_path, n
     client = mlflow.MlflowClient(params.tracking.uri)
     stored = client.get_run(run_id)
     assert stored.data.tags["genrec.family"] == "genrec" and stored.data.tags["genrec.dataset"] == "tiny"
-    assert stored.data.params["train.lora.r"] == "8" and stored.data.params["data.models/base"] == "md5:abc"
+    assert stored.data.params["train.lora.r"] == str(Params().train.lora.r) and stored.data.params["data.models/base"] == "md5:abc"
     assert stored.data.metrics["test.hr.10"] == 0.2
     experiment = client.get_experiment(stored.info.experiment_id)
     assert experiment.name == "genrec-tiny"

@@ -156,7 +156,7 @@ class TrainParams:
     """Seed for LoRA init, data order and the train/valid subsamples."""
     epochs: float = 1.0
     """Passes over the (subsampled) training prompts (reference: 5)."""
-    max_steps: int | None = 90
+    max_steps: int | None = 120
     """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
     max_train_samples: int | None = None
     """Seeded subsample of the training prompts (instruction) or windows (sequence); None uses them all."""

@@ -44,7 +44,7 @@ def tiny_train_params(**overrides) -> TrainParams:
                 micro_batch_size=2, learning_rate=1e-2, warmup=1, max_seq_length=128, bf16=False,
                 logging_steps=1, eval_steps=6, save_steps=1, save_total_limit=2,
                 accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
-                lora=LoraParams(r=4, alpha=8, dropout=0.0))
+                lora=LoraParams(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     base.update(overrides)
     return TrainParams(**base)
 

@@ -153,7 +153,7 @@ def main() -> None:
     trie = build_title_trie(token_ids, end)
     settings = BeamSettings(num_beams=e.num_beams, max_new_tokens=e.max_new_tokens or trie.max_length,
                             length_penalty=float(e.length_penalty), early_stopping=e.early_stopping,
-                            eos_token_id=end, pad_token_id=evaluate._pad_id(tokenizer))
+                            eos_token_id=end, pad_token_id=evaluate.pad_token_id(tokenizer))
     batch_size = args.batch_size or e.batch_size
 
     ranked_beams(model, prompts[:2], settings, trie=trie, batch_size=2)  # warm-up (kernel selection)

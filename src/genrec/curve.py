@@ -9,6 +9,7 @@ steps, tokens and seconds, not just the loss. Points go to the MLflow run as ste
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from genrec.io import atomic_path
 from genrec.metrics import ranking_metrics, target_rank
 from genrec.params import EvalParams
 from genrec.prompts import PromptTemplate
+from genrec.trie import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,14 @@ class CurveData:
     records: list[dict]
     prompts: list[list[int]]
     excluded: list[list[int]]
-    catalogue: object
+    catalogue: Catalogue
     eval_params: EvalParams
 
 
 def curve_data(prompts_dir: Path, processed_dir: Path, template: PromptTemplate, tokenizer, users: int,
                eval_params: EvalParams) -> CurveData:
     """A seeded sample of `users` validation users (eval.seed), prompts as `genrec evaluate` builds them."""
-    e = EvalParams(**{**eval_params.__dict__, "split": "valid", "max_users": users})
+    e = dataclasses.replace(eval_params, split="valid", max_users=users)
     records = sample_users(read_records(Path(prompts_dir) / "valid.jsonl"), users, e.seed)
     if template.format == "sequence":
         records = with_split_history(records, processed_dir, "valid")
@@ -55,7 +57,7 @@ def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf1
     """HR@k / NDCG@k of `model` on the curve's users.
 
     A PEFT model is evaluated as the evaluate stage sees it: a copy with the adapter merged into the
-    weights (the separate LoRA matmuls made a point ~3x slower); the model being trained is untouched.
+    weights (no separate LoRA matmuls in every decoding step); the model being trained is untouched.
     """
     import copy
 
@@ -77,12 +79,10 @@ def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf1
     return {key: value for key, value in metrics.items() if key.startswith(("hr_at_", "ndcg_at_"))}
 
 
-def learning_curve_callback(model_tokenizer_template, data: CurveData, every: int | None, tokens_per_step: float,
-                            bf16: bool, log_to_mlflow: bool):
+def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData, every: int | None,
+                            tokens_per_step: float, bf16: bool, log_to_mlflow: bool):
     """A TrainerCallback that adds a curve point every `every` steps and at the end of training."""
     from transformers import TrainerCallback
-
-    tokenizer, template = model_tokenizer_template
 
     class LearningCurve(TrainerCallback):
         def __init__(self):

@@ -45,7 +45,7 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     settings = BeamSettings(num_beams=e.num_beams, length_penalty=float(e.length_penalty),
                             early_stopping=e.early_stopping, eos_token_id=end,
                             ghost_threshold=e.ghost_threshold, prior_weight=float(e.assistant_weight),
-                            pad_token_id=_pad_id(tokenizer),
+                            pad_token_id=pad_token_id(tokenizer),
                             max_new_tokens=e.max_new_tokens or max(len(t) for t in token_ids) + 1)
     trie = build_title_trie(token_ids, end) if e.constrained else None
     todo = [i for i, titles in enumerate(excluded) if len(titles) < len(catalogue.titles)]
@@ -259,6 +259,7 @@ def ranked_entries(hyps, catalogue: Catalogue, tokenizer, constrained: bool) -> 
     return entries
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, or EOS where it has none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

@@ -168,16 +168,15 @@ class Recommender:
     def _ranked(self, resolved: list[ResolvedHistory], num_beams: int) -> list[list[dict]]:
         """Evaluation's prompt, settings and beam search for already-matched histories."""
         from genrec.decoding import BeamSettings, ranked_beams
-        from genrec.evaluation import encode_prompts, ranked_entries
+        from genrec.evaluation import encode_prompts, pad_token_id, ranked_entries
 
         e = self.eval_params
         records = [{"user_id": f"request {i}", "instruction": self.template.instructions[0],
                     "history_titles": [self.catalogue.titles[t] for t in r.indices]} for i, r in enumerate(resolved)]
         prompts, _ = encode_prompts(records, self.template, self.tokenizer, e.max_prompt_tokens)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         settings = BeamSettings(num_beams=num_beams, length_penalty=float(e.length_penalty),
                                 early_stopping=e.early_stopping, eos_token_id=self.end_token_id,
-                                pad_token_id=pad,
+                                pad_token_id=pad_token_id(self.tokenizer),
                                 max_new_tokens=e.max_new_tokens or max(len(t) for t in self.title_tokens) + 1)
         excluded = [sorted(set(r.indices)) if e.exclude_history else [] for r in resolved]
         beams = ranked_beams(self.model, prompts, settings, trie=self.trie, excluded=excluded,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from genrec.backbone import load_backbone
 from genrec.errors import DataError
+from genrec.evaluation import pad_token_id
 from genrec.params import LoraParams, Params, TrainParams
 from genrec.prompts import PromptTemplate, SequenceEncoder, fit_to_token_budget
 from genrec.sequences import read_histories, read_titles
@@ -68,7 +69,7 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
         encoder = SequenceEncoder(template, tokenizer)
         train_data, stats = sequence_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_train_samples, tp.seed)
         valid_data = next_title_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_valid_samples, tp.seed)
-        collator = PackedCollator(_pad_id(tokenizer))
+        collator = PackedCollator(pad_token_id(tokenizer))
     else:
         train_data, stats = prompt_dataset(prompts_dir / "train.jsonl", template, tokenizer, tp.max_seq_length,
                                            tp.max_train_samples, tp.seed)
@@ -170,9 +171,6 @@ class PackedCollator:
             positions[row] = torch.cat([torch.arange(length) for length in lengths])
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "use_cache": False}
 
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def model_loss_trainer():

@@ -80,7 +80,7 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
     if tp.curve_steps and processed_dir is not None and state.is_main_process:
         data = curve_data(prompts_dir, processed_dir, template, tokenizer, tp.curve_users, params.eval)
         rows = train_stats.get("packed_rows") or train_stats["records"]
-        curve = learning_curve_callback((tokenizer, template), data, tp.curve_steps,
+        curve = learning_curve_callback(tokenizer, template, data, tp.curve_steps,
                                         tp.batch_size * train_stats["tokens"] / max(rows, 1), trainer.args.bf16,
                                         log_to_mlflow=True)
         trainer.add_callback(curve)

@@ -24,15 +24,12 @@ def data_mirror() -> Path:
     return mirror.resolve()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fresh_mlflow_uri():
-    """Each test module starts without MLFLOW_TRACKING_URI.
-
-    `mlflow.set_tracking_uri` exports that variable, and genrec lets it override `tracking.uri`, so
-    without this a store set up by one module would silently receive the next module's runs.
-    """
+@pytest.fixture(autouse=True, scope="session")
+def no_outside_mlflow_store():
+    """Tests never write to the caller's MLflow store: MLFLOW_TRACKING_URI, which genrec lets override
+    `tracking.uri`, is unset for the session. genrec itself leaves no tracking URI behind (checked in
+    tests/test_tracking.py and tests/test_registry.py), so nothing needs undoing between modules."""
     before = os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     if before is not None:
         os.environ["MLFLOW_TRACKING_URI"] = before

@@ -7,8 +7,9 @@ import zipfile
 
 import pytest
 
-from genrec.datasets import KNOWN, dataset_source, extract_zip, fetch, read_sha256sums, sha256_file
+from genrec.datasets import KNOWN, dataset_source, extract_zip, fetch, read_sha256sums
 from genrec.errors import DataError
+from genrec.io import sha256_file
 
 
 def test_fetch_copies_local_path_and_file_url_and_checks_sha256(tmp_path):

@@ -158,7 +158,7 @@ def test_ghost_tokens_do_not_count_in_the_length(model, titles, prompts, thresho
 
 
 def test_a_node_prior_steers_the_search_to_its_title(model, titles, prompts):
-    from genrec.assist import node_log_mass
+    from genrec.trie import node_log_mass
 
     trie = build_title_trie(titles, EOS)
     settings = BeamSettings(num_beams=5, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)

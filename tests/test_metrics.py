@@ -1,4 +1,4 @@
-"""HR@k / NDCG@k on hand-computed ranks, against torchmetrics on random rankings, bootstrap, integrity."""
+"""HR@k / NDCG@k on hand-computed ranks, against torchmetrics on random rankings, bootstrap and paired test, integrity."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-from genrec.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, ranking_metrics,
-                            target_rank)
+from genrec.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, paired_bootstrap,
+                            ranking_metrics, target_rank)
 
 RANKS = [1, 3, None, 10, 6]
 
@@ -67,6 +67,45 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     # The interval of a mean of 300 Bernoulli(0.2) is about +-1.96 * sqrt(0.16 / 300) = +-0.045.
     assert 0.06 < high - low < 0.12
     assert bootstrap_interval(np.ones(50), samples=100, seed=0) == (1.0, 1.0)
+
+
+def test_identical_outcomes_give_no_difference_and_p_one():
+    a = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    test = paired_bootstrap(a, a.copy(), samples=500, seed=0)
+    assert test["diff"] == 0.0 and test["ci95_low"] == 0.0 and test["ci95_high"] == 0.0
+    assert test["p_value"] == 1.0 and test["wins"] == test["losses"] == 0
+
+
+def test_clearly_better_model_gets_a_small_p_value():
+    rng = np.random.default_rng(0)
+    worse = (rng.random(300) < 0.1).astype(float)
+    better = np.maximum(worse, (rng.random(300) < 0.4).astype(float))  # never worse, often better
+    test = paired_bootstrap(better, worse, samples=2000, seed=0)
+    assert test["diff"] == pytest.approx(better.mean() - worse.mean())
+    assert 0 < test["ci95_low"] <= test["diff"] <= test["ci95_high"]
+    assert test["p_value"] == pytest.approx(2 / 2001)  # no resample reverses the sign
+    assert test["losses"] == 0 and test["wins"] > 50
+    reverse = paired_bootstrap(worse, better, samples=2000, seed=0)
+    assert reverse["diff"] == -test["diff"] and reverse["p_value"] == test["p_value"]
+
+
+def test_a_tie_with_disagreements_is_not_significant():
+    a, b = np.zeros(200), np.zeros(200)
+    a[:40], b[20:60] = 1.0, 1.0  # same hit rate, 20 users each way
+    test = paired_bootstrap(a, b, samples=2000, seed=0)
+    assert test["diff"] == 0.0 and test["wins"] == test["losses"] == 20
+    assert test["ci95_low"] < 0 < test["ci95_high"] and test["p_value"] > 0.5
+
+
+def test_bootstrap_draws_are_pinned():
+    """Values computed by the code before the paired test and the interval shared `resampled_means`:
+    a change to the draws (seeding, chunking, dtype) changes every recorded interval and p-value."""
+    a = np.array([1, 0, 1, 1, 0, 0, 1, 0.5, 0.25, 0, 1, 0.630929753571457])
+    b = np.array([0, 0, 1, 0, 1, 0, 0.5, 0.5, 0, 0, 0.386852807234541, 0])
+    assert paired_bootstrap(a, b, samples=250, seed=3) == {  # 250 = two chunks of 100 and one of 50
+        "users": 12, "diff": 0.249506412194743, "ci95_low": -0.021215863882407513,
+        "ci95_high": 0.5115656820444184, "p_value": 0.08764940239043825, "wins": 6, "losses": 1}
+    assert bootstrap_interval(a, samples=250, seed=3) == (0.29657653242559645, 0.7802775055133996)
 
 
 def test_ranking_metrics_names_and_intervals():

@@ -54,7 +54,6 @@ def require_browser() -> None:
 def seed_store(params: Params) -> None:
     """A GenRec and a P5 run with test metrics, and `genrec-<dataset>` version 1 holding `champion`."""
     import mlflow
-    from mlflow import MlflowClient
 
     for family, metrics in SEEDED.items():
         with tracking.start_or_resume_run(params, run_name=family) as run:
@@ -62,7 +61,7 @@ def seed_store(params: Params) -> None:
             mlflow.log_metrics(metrics)
             if family == "genrec":
                 genrec_run = run
-    mlc = MlflowClient()
+    mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
     mlc.create_registered_model(name)
     version = mlc.create_model_version(name, source=f"{genrec_run.info.artifact_uri}/model",
@@ -124,7 +123,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def latest_runs(params: Params) -> dict:
     """The newest GenRec and P5 run of the project's experiment, by `genrec.family` tag."""
-    mlc = registry.client(params)
+    mlc = tracking.mlflow_client(params)
     experiment = mlc.get_experiment_by_name(tracking.experiment_name(params))
     assert experiment is not None, f"no experiment {tracking.experiment_name(params)} in {params.tracking.uri}"
     runs = {}

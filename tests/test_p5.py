@@ -11,8 +11,8 @@ import pytest
 from genrec import p5
 from genrec.errors import DataError
 from genrec.params import P5Params, Params
-from genrec.stages.p5_train import build_index, split_records
-from genrec.stages.prompts import load_sequences
+from genrec.p5 import build_index, split_records
+from genrec.sequences import load_sequences
 
 
 def write_split(folder, sequences: dict[str, list[str]], extra_items: tuple[str, ...] = ()):
@@ -80,9 +80,9 @@ def test_sequential_index_numbers_by_first_training_appearance():
 
 def test_sequential_index_ignores_valid_and_test(tmp_path):
     params = Params(p5=P5Params(indexing="sequential"))
-    first = build_index(params, load_sequences(write_split(tmp_path / "1", SEQUENCES)))
+    first = build_index(load_sequences(write_split(tmp_path / "1", SEQUENCES)), params.p5.indexing, params.p5.seed)
     changed = {u: s[:-2] + list(reversed(s[-2:])) for u, s in SEQUENCES.items()}  # swap valid and test
-    second = build_index(params, load_sequences(write_split(tmp_path / "2", changed)))
+    second = build_index(load_sequences(write_split(tmp_path / "2", changed)), params.p5.indexing, params.p5.seed)
     assert first.ids == second.ids
     # training order: a's 10..13, then b's 20 (10 seen), then c's 12 (seen); the rest sorted by id.
     assert [i for i, _ in sorted(first.ids.items(), key=lambda kv: kv[1])][:5] == ["10", "11", "12", "13", "20"]

@@ -6,6 +6,7 @@ load it back by its alias URI, as `genrec recommend` and `mlflow models serve` d
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,7 +80,7 @@ def registered(tmp_path_factory):
 
 
 def test_backbone_is_stored_once_outside_the_version_and_checked_by_hash(registered, tmp_path):
-    mlc = registry.client(registered["params"])
+    mlc = tracking.mlflow_client(registered["params"])
     uri, sha256 = registry.store_backbone(registered["params"], registered["base"])  # a second call reuses it
     assert sha256 == tracking.sha256_path(registered["base"])
     backbones = mlc.get_experiment_by_name("genrec-backbones")
@@ -97,9 +98,10 @@ def test_backbone_is_stored_once_outside_the_version_and_checked_by_hash(registe
 def test_a_version_bundles_adapter_catalogue_and_entry_point_but_no_backbone_and_no_pickle(registered):
     import mlflow
 
-    mlc = registry.client(registered["params"])
+    mlc = tracking.mlflow_client(registered["params"])
     version = mlc.get_model_version_by_alias("genrec-tiny", registry.CHAMPION)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/genrec-tiny/{version.version}"))
+    with tracking.tracking_store(registered["params"]):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/genrec-tiny/{version.version}"))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     names = {Path(f).name for f in files}
     assert {"MLmodel", "genrec_model.py", "adapter_model.safetensors", "template.json", "items.parquet"} <= names
@@ -112,8 +114,8 @@ def test_a_version_bundles_adapter_catalogue_and_entry_point_but_no_backbone_and
 def pyfunc(registered):
     import mlflow
 
-    registry.client(registered["params"])
-    return mlflow.pyfunc.load_model(registry.champion_uri(registered["params"]))
+    with tracking.tracking_store(registered["params"]):
+        return mlflow.pyfunc.load_model(registry.champion_uri(registered["params"]))
 
 
 def test_pyfunc_ranks_catalogue_titles_for_a_batch_of_histories(pyfunc):
@@ -146,3 +148,32 @@ def test_pyfunc_refuses_bad_requests_clearly(pyfunc):
         pyfunc.predict(pd.DataFrame({"history": [["Not A Film (2099)"]]}))
     with pytest.raises(MlflowException, match="k=500"):
         pyfunc.predict(pd.DataFrame({"history": [["Heat (1995)"]]}), params={"k": 500})
+
+
+def test_registry_calls_leave_the_tracking_uri_and_environment_as_they_were(registered, monkeypatch):
+    """Upload a new backbone, register a new adapter (not comparable: the champion stays), promote."""
+    import mlflow
+
+    w, params = registered, registered["params"]
+    elsewhere = f"sqlite:///{w['tmp'] / 'elsewhere.db'}"
+    monkeypatch.delenv(tracking.TELEMETRY_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # first: teardown restores the value before the test
+    mlflow.set_tracking_uri(elsewhere)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by set_tracking_uri; it would win over params
+    env = dict(os.environ)
+    base = w["tmp"] / "other-base"
+    shutil.copytree(w["base"], base)
+    (base / "README.md").write_text("another backbone: a new upload")
+    model_dir = tiny.write_adapter(w["tmp"] / "leak" / "model", base, params, seed=7)
+    try:
+        version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base,
+                                                     items_path=w["processed"] / "items.parquet",
+                                                     tags={registry.SELECT_TAG: "0.001"})
+        assert created and (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)
+        decision = registry.promote(params, version)
+        assert not decision.moved and (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)
+        registry.store_backbone(params, base)
+        assert (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)
+        assert not (w["tmp"] / "elsewhere.db").exists()  # nothing went to the other store either
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import requests
 
-from genrec import registry
+from genrec import registry, tracking
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
@@ -88,8 +88,8 @@ def test_invocations_answer_a_batch_of_histories_as_the_model_does_in_process(se
         assert len(prediction["titles"]) == 3 and set(prediction["titles"]) <= set(tiny.TITLES)
         assert prediction["scores"] == sorted(prediction["scores"], reverse=True)
     assert predictions[0]["unknown"] == [] and predictions[1]["unknown"][0]["title"] == "Heat 1995"
-    registry.client(server["params"])
-    local = mlflow.pyfunc.load_model(registry.champion_uri(server["params"]))
+    with tracking.tracking_store(server["params"]):
+        local = mlflow.pyfunc.load_model(registry.champion_uri(server["params"]))
     expected = local.predict(pd.DataFrame({"history": histories}), params={"k": 3})
     assert [p["titles"] for p in predictions] == [list(t) for t in expected["titles"]]
 

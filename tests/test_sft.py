@@ -125,6 +125,34 @@ def test_completion_positions_only_gives_the_same_loss_and_gradients():
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, ref_grads)), mode
 
 
+def test_the_private_trl_switch_exists_in_the_pinned_trl(root):
+    """`completion_positions_only` overrides TRL's private `_use_triton`: fail when TRL moves or drops it,
+    or when pyproject.toml pins another TRL than the one the override was written for."""
+    import tomllib
+
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    pins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"trl=={sft.TRL_PATCHED_VERSION}" in pins
+    assert trl.__version__ == sft.TRL_PATCHED_VERSION
+    assert callable(getattr(trl_utils, "_use_triton", None)), "trl.trainer.utils._use_triton is gone"
+    original = trl_utils._use_triton
+    with sft.completion_positions_only(True):
+        assert trl_utils._use_triton is not original and trl_utils._use_triton(torch.device("cpu"))
+    assert trl_utils._use_triton is original
+
+
+def test_another_trl_version_is_left_unpatched(monkeypatch):
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.setattr(trl, "__version__", "99.0.0")
+    original = trl_utils._use_triton
+    with sft.completion_positions_only(True):
+        assert trl_utils._use_triton is original
+
+
 def test_check_prepared_rejects_a_double_or_missing_eos():
     from datasets import Dataset
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -82,6 +83,46 @@ def test_a_dvc_experiment_names_and_tags_its_new_runs_only(tmp_path, no_env_uri,
     assert runs[unnamed.info.run_id].info.run_name == "cedar-vies"
     for run_id in (named.info.run_id, unnamed.info.run_id):
         assert runs[run_id].data.tags["genrec.dvc_experiment"] == "cedar-vies"
+
+
+@pytest.mark.parametrize("outside", ["unset", "elsewhere"])
+def test_calls_leave_the_tracking_uri_and_environment_as_they_were(tmp_path, monkeypatch, outside):
+    """Before and after each call: the same MLflow tracking URI (unset, or another store) and environment."""
+    import mlflow
+
+    monkeypatch.delenv(tracking.TELEMETRY_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # first: teardown restores the value before the test
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}" if outside == "elsewhere" else None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by set_tracking_uri; it would win over params
+    uri, was_set, env = mlflow.get_tracking_uri(), mlflow.is_tracking_uri_set(), dict(os.environ)
+
+    def unchanged(call: str) -> None:
+        assert (mlflow.get_tracking_uri(), mlflow.is_tracking_uri_set()) == (uri, was_set), call
+        assert dict(os.environ) == env, call
+
+    try:
+        params = params_for(tmp_path)
+        experiment_id = tracking.ensure_experiment(params)
+        unchanged("ensure_experiment")
+        with tracking.start_or_resume_run(params, run_name="x") as run:
+            assert mlflow.get_tracking_uri() == params.tracking.uri  # the stages' fluent calls reach the store
+            mlflow.log_metric("m", 1.0)
+            tracking.write_run_file(tmp_path / tracking.RUN_FILE, run)
+        unchanged("start_or_resume_run")
+        with tracking.start_or_resume_run(params, run_id=run.info.run_id):
+            pass
+        unchanged("start_or_resume_run(run_id=...)")
+        with pytest.raises(RuntimeError), tracking.start_or_resume_run(params):
+            raise RuntimeError("a failing stage")
+        unchanged("start_or_resume_run that raised")
+        assert tracking.run_exists(params, run.info.run_id)
+        unchanged("run_exists")
+        stored = tracking.mlflow_client(params).get_run(run.info.run_id)
+        unchanged("mlflow_client")
+        assert stored.data.metrics["m"] == 1.0 and stored.info.experiment_id == experiment_id
+        assert json.loads((tmp_path / tracking.RUN_FILE).read_text())["tracking_uri"] == params.tracking.uri
+    finally:
+        mlflow.set_tracking_uri(None)  # MLflow's "not set"
 
 
 def test_environment_uri_wins_over_params(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from genrec import split, validation
-from genrec.stages.split import catalogue
+from genrec.split import catalogue
 
 
 def movielens_small(folder) -> tuple[pd.DataFrame, pd.DataFrame]:

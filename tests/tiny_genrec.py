@@ -2,14 +2,13 @@
 
 A catalogue of real-looking titles, a leave-one-out split, a 2-layer random LLaMA with a byte-level
 BPE tokenizer, LoRA adapters laid out as `genrec train` writes them (each with its own MLflow run),
-and metrics files made by the evaluate stage's own `summarise`. Test modules `import tiny_genrec`
+and metrics files made by the evaluation's own `genrec.results.summarise`. Test modules `import tiny_genrec`
 (pyproject.toml puts tests/ on pytest's pythonpath).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def write_adapter(folder: Path, base: Path, p: Params, seed: int) -> Path:
 def write_metrics(path: Path, split: str, ranks: list[int | None], **eval_overrides) -> dict:
     """A metrics file exactly as `genrec evaluate` writes it, for users whose targets sit at `ranks`."""
     from genrec.io import write_json
-    from genrec.stages.evaluate import summarise
+    from genrec.results import summarise
 
     e = replace(EvalParams(bootstrap_samples=50), split=split, **eval_overrides)
     records = [{"user_id": f"u{u}", "target_item_id": "target"} for u in range(len(ranks))]
@@ -114,12 +113,7 @@ def write_metrics(path: Path, split: str, ranks: list[int | None], **eval_overri
 
 
 def world(tmp: Path) -> dict:
-    """Split, backbone and params in `tmp` (adapters are made per test with `write_adapter`).
-
-    Drops MLFLOW_TRACKING_URI first: `mlflow.set_tracking_uri` exports it, and `tracking.tracking_uri`
-    lets it override params, so an earlier test module's store would otherwise be used.
-    """
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    """Split, backbone and params in `tmp` (adapters are made per test with `write_adapter`)."""
     return {"tmp": tmp, "processed": write_split(tmp / "processed"), "base": write_backbone(tmp / "base"),
             "params": params(tmp)}
 

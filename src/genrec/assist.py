@@ -2,7 +2,7 @@
 
 A classic recommender (SASRec, trained on the same split) scores every catalogue item for a user's
 history; its item probabilities, summed per title, become log-masses on the nodes of the catalogue
-trie (`node_log_mass`: a node's mass is the probability of the titles below it). `genrec.decoding`
+trie (`genrec.trie.node_log_mass`: a node's mass is the probability of the titles below it). `genrec.decoding`
 adds `weight x (log-mass of child - log-mass of parent)` to each step, which telescopes along a title
 to `weight x log p_assistant(title)`: the beams are steered towards titles the assistant likes while
 the LLM still spells them. Results of a search with an assistant are reported as `genrec+sasrec`,
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from genrec.errors import DataError
-from genrec.trie import Catalogue, TitleTrie
+from genrec.trie import Catalogue
 
 
 class SasrecAssistant:
@@ -53,21 +53,3 @@ class SasrecAssistant:
         out = torch.zeros((len(histories), self.n_titles), dtype=torch.float64)
         out.index_add_(1, torch.from_numpy(self.title_of_code[1:]), probs)
         return out
-
-
-def node_log_mass(trie: TitleTrie, title_probs: torch.Tensor) -> torch.Tensor:
-    """[users, n_nodes + 1] log of the probability mass of the titles at or below each trie node.
-
-    The root holds all of it; the dead node (no titles) holds log 1 = 0 so steps into it add nothing.
-    """
-    paths = trie.title_paths.cpu()
-    users, n_titles = title_probs.shape
-    mass = torch.zeros((users, trie.n_nodes + 1), dtype=torch.float64)
-    valid = paths >= 0
-    nodes = paths[valid]  # every (title, node on its path) pair
-    owners = torch.arange(n_titles).unsqueeze(1).expand_as(paths)[valid]
-    mass.index_add_(1, nodes, title_probs[:, owners])
-    mass[:, 0] = title_probs.sum(1)
-    log_mass = mass.clamp(min=1e-30).log()
-    log_mass[:, trie.dead] = 0.0
-    return log_mass.to(torch.float32)

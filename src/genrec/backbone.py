@@ -9,7 +9,6 @@ Other stages load the checkpoint written by `genrec base_model` with `load_backb
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genrec.errors import DataError
-from genrec.io import atomic_path
+from genrec.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +73,6 @@ def check_local_dir(path: Path, *, key: str) -> None:
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise DataError(f"{key}: no tokenizer ({', '.join(_TOKENIZER_FILES)})", path=path,
                         fix="Save one there with tokenizer.save_pretrained(folder), or use an HF model id")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_sha256(path: Path, expected: str, fix: str) -> None:

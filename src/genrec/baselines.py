@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.errors import DataError
-
-SPLIT_FILES = ("train", "valid", "test")
+from genrec.layout import SPLITS
 
 
 @dataclass
@@ -66,7 +65,7 @@ def read_split(processed_dir: str | Path) -> SplitData:
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     index = pd.Index(items["item_id"].to_numpy(dtype=object))
     parts = {}
-    for name in SPLIT_FILES:
+    for name in SPLITS:
         path = processed_dir / f"{name}.parquet"
         frame = _read(path, ("user_id", "item_id", "position")).astype({"user_id": str, "item_id": str})
         codes = index.get_indexer(frame["item_id"].to_numpy(dtype=object))
@@ -97,7 +96,7 @@ def evaluation_users(data: SplitData, max_users: int | None, seed: int) -> np.nd
     The evaluate stage samples prompt records, one per user in sorted user_id order, which is the
     order of `data.users`; drawing with its own function keeps every model on the same users.
     """
-    from genrec.evaluation import sample_users
+    from genrec.results import sample_users
 
     return np.asarray(sample_users(list(range(len(data.users))), max_users, seed), dtype=np.int64)
 
@@ -171,7 +170,7 @@ def evaluate_ranking(data: SplitData, users: np.ndarray, targets: np.ndarray, co
     item, so the valid-beam share is that of returned entries and no entry repeats.
 
     Returns:
-        (metrics, predictions): the metrics dict (keys as `genrec.stages.evaluate.summarise`) and one
+        (metrics, predictions): the metrics dict (keys as `genrec.results.summarise`) and one
         {user_id, target_item_id, target_title, ranked} row per user.
     """
     from genrec.metrics import integrity_metrics, ranking_metrics
@@ -196,14 +195,3 @@ def evaluate_ranking(data: SplitData, users: np.ndarray, targets: np.ndarray, co
                                 "score": round(float(s), 6)} for c, s in zip(row, scores)]}
                    for u, t, row, scores in zip(users, targets, codes, values)]
     return metrics, predictions
-
-
-def write_predictions(path: str | Path, predictions: list[dict]) -> None:
-    """JSON lines, one user a line, atomically (the evaluate stage's predictions format)."""
-    import json
-
-    from genrec.io import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for row in predictions:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")

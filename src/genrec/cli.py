@@ -269,15 +269,16 @@ def recommend(params_path, overrides, model_uri, history, user_id, processed_dir
         raise click.UsageError("give the history with --history TITLE (repeatable) or --user ID, not both")
     from genrec import registry
     from genrec.errors import DataError
-    from genrec.recommend import user_history
+    from genrec.layout import processed_dir as default_processed
+    from genrec.recommend import predict, user_history
 
     model_uri = model_uri or registry.champion_uri(params)
-    if user_id is not None:
-        try:
-            history = user_history(processed_dir or Path("data/processed") / params.dataset, user_id)
-        except DataError as err:
-            raise click.ClickException(str(err)) from None
-    result = _predict(params, model_uri, list(history), k)
+    try:
+        if user_id is not None:
+            history = user_history(processed_dir or default_processed(params.dataset), user_id)
+        result = predict(params, model_uri, list(history), k)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
     entries = zip(result["titles"], result["scores"], result["item_ids"])
     ranked = [{"rank": rank, "title": title, "score": score, "item_ids": list(ids)}
               for rank, (title, score, ids) in enumerate(entries, 1)]
@@ -293,31 +294,6 @@ def recommend(params_path, overrides, model_uri, history, user_id, processed_dir
     click.echo(f"Top {len(ranked)} from {model_uri} after {used} history title(s) (score: length-normalised log-prob):")
     for entry in ranked:
         click.echo(f"{entry['rank']:>3}. {entry['title']}  ({entry['score']:.4f})")
-
-
-def _predict(params, model_uri: str, history: list[str], k: int | None) -> dict:
-    """Load `model_uri` and rank titles for one history; MLflow errors become one-line CLI errors."""
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    from genrec import registry
-    from genrec.errors import DataError
-
-    registry.client(params)  # points MLflow at the project's tracking store
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as err:
-        message = getattr(err, "message", None) or str(err)
-        raise click.ClickException(f"cannot load model {model_uri}: {message.splitlines()[0]}. Run `genrec promote` "
-                                   "(dvc repro promote) first, or pass --model with an existing URI") from None
-    except DataError as err:
-        raise click.ClickException(str(err)) from None
-    try:
-        frame = model.predict(pd.DataFrame({"history": [history]}), params={"k": k} if k else None)
-    except MlflowException as err:
-        raise click.ClickException(err.message.split("Error: ")[-1].strip()) from None
-    return frame.iloc[0].to_dict()
 
 
 if __name__ == "__main__":

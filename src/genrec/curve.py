@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from genrec.evaluation import (decode_lists, encode_prompts, read_catalogue, read_records, sample_users,
-                               user_exclusions, with_split_history)
+from genrec.evaluation import (decode_lists, encode_prompts, read_catalogue, read_records, user_exclusions,
+                               with_split_history)
 from genrec.io import atomic_path
 from genrec.metrics import ranking_metrics, target_rank
 from genrec.params import EvalParams
 from genrec.prompts import PromptTemplate
+from genrec.results import sample_users
 from genrec.trie import Catalogue
 
 log = logging.getLogger(__name__)

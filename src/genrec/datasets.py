@@ -112,15 +112,6 @@ def dataset_source(name: str, url: str | None = None, sha256: str | None = None)
     return dataclasses.replace(known, downloads=(dataclasses.replace(known.downloads[0], sha256=sha256),))
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def copy_hashing(chunks: Iterable[bytes], dest: Path, total: int | None = None, desc: str = "") -> str:
     """Write `chunks` to `dest` atomically with a progress bar; return the sha256 of what was written."""
     digest = hashlib.sha256()

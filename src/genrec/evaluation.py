@@ -1,5 +1,6 @@
 """Generative evaluation, as a library: the same code ranks titles for the evaluate stage, the learning
-curve during training, `genrec recommend` and the registered model.
+curve during training, `genrec recommend` and the registered model. What every model's evaluation
+shares (the user sample, the metrics and predictions files) is in `genrec.results`.
 
 Both prompt formats are handled here, from the template saved beside the adapter: `instruction`
 prompts are built by `fit_to_token_budget` and end their titles with EOS; `sequence` prompts are the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
@@ -37,16 +37,12 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     With an `assistant` (`genrec.assist.SasrecAssistant`) and `e.assistant_weight`, its title
     probabilities for each user's `histories` (item ids) are mixed into the search.
     """
-    from genrec.decoding import BeamSettings, ranked_beams
+    from genrec.decoding import ranked_beams
     from genrec.trie import build_title_trie
 
     token_ids = title_token_ids(catalogue, template, tokenizer)
     end = end_token_id(template, tokenizer)
-    settings = BeamSettings(num_beams=e.num_beams, length_penalty=float(e.length_penalty),
-                            early_stopping=e.early_stopping, eos_token_id=end,
-                            ghost_threshold=e.ghost_threshold, prior_weight=float(e.assistant_weight),
-                            pad_token_id=pad_token_id(tokenizer),
-                            max_new_tokens=e.max_new_tokens or max(len(t) for t in token_ids) + 1)
+    settings = beam_settings(e, tokenizer, end, token_ids, prior_weight=float(e.assistant_weight))
     trie = build_title_trie(token_ids, end) if e.constrained else None
     todo = [i for i, titles in enumerate(excluded) if len(titles) < len(catalogue.titles)]
     if len(todo) < len(prompts):
@@ -57,7 +53,7 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
              "constrained" if trie is not None else "unconstrained", e.num_beams, settings.max_new_tokens)
     node_prior = None
     if assistant is not None and e.assistant_weight and trie is not None:
-        from genrec.assist import node_log_mass
+        from genrec.trie import node_log_mass
 
         def node_prior(chunk: list[int]):
             return node_log_mass(trie, assistant.title_probs([histories[todo[i]] for i in chunk]))
@@ -90,14 +86,6 @@ def read_records(path: Path) -> list[dict]:
     if not records:
         raise DataError("no records", path=path, fix="check the split: every user needs a valid and a test item")
     return records
-
-
-def sample_users(records: list[dict], max_users: int | None, seed: int) -> list[dict]:
-    """A seeded sample of `max_users` records (one per user), kept in file order; all when None."""
-    if max_users is None or max_users >= len(records):
-        return records
-    keep = sorted(random.Random(seed).sample(range(len(records)), max_users))
-    return [records[i] for i in keep]
 
 
 def read_catalogue(path: Path) -> Catalogue:
@@ -259,7 +247,17 @@ def ranked_entries(hyps, catalogue: Catalogue, tokenizer, constrained: bool) -> 
     return entries
 
 
+def beam_settings(e: EvalParams, tokenizer, end: int, token_ids: list[list[int]], *, num_beams: int | None = None,
+                  prior_weight: float = 0.0):
+    """The search settings of `params.eval`, for titles `token_ids` ending with `end` (evaluation and serving)."""
+    from genrec.decoding import BeamSettings
+
+    return BeamSettings(num_beams=num_beams or e.num_beams, length_penalty=float(e.length_penalty),
+                        early_stopping=e.early_stopping, eos_token_id=end, ghost_threshold=e.ghost_threshold,
+                        prior_weight=prior_weight, pad_token_id=pad_token_id(tokenizer),
+                        max_new_tokens=e.max_new_tokens or max(len(t) for t in token_ids) + 1)
+
+
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id, or EOS where it has none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-

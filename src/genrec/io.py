@@ -1,4 +1,4 @@
-"""Atomic writes: outputs appear whole or not at all (write to a temporary sibling, then rename)."""
+"""Atomic writes (outputs appear whole or not at all: write to a temporary sibling, then rename) and file hashes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from genrec.layout import SPLITS
 
 
 @contextlib.contextmanager
@@ -37,11 +39,26 @@ def write_json(path: str | Path, data) -> Path:
     return Path(path)
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of one file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(*paths: str | Path) -> str:
     """sha256 over the bytes of the given files (folders: every file inside, in sorted order).
 
     Identifies a split or a prompt set independently of DVC: metrics files carry the fingerprint of
     the split they were computed on, so the report can refuse to compare across splits.
+
+    Not the same hash as `tracking.sha256_path`, on purpose: this one streams each file's base name
+    and bytes into one digest, that one hashes (relative path, file sha256) pairs. Both values are
+    recorded (split_fingerprint in every metrics file and registry version; adapter_sha256,
+    backbone_sha256 and MLflow `data.*` params), so merging them would make every recorded value
+    disagree with what the code computes now.
     """
     digest = hashlib.sha256()
     for path in paths:
@@ -57,4 +74,4 @@ def fingerprint(*paths: str | Path) -> str:
 
 def split_fingerprint(processed_dir: str | Path) -> str:
     """Fingerprint of a split (its train/valid/test.parquet): every metrics file carries it."""
-    return fingerprint(*(Path(processed_dir) / f"{name}.parquet" for name in ("train", "valid", "test")))
+    return fingerprint(*(Path(processed_dir) / f"{name}.parquet" for name in SPLITS))

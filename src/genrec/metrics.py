@@ -1,8 +1,10 @@
-"""Ranking metrics as pure functions of the target's rank, bootstrap intervals, integrity counts.
+"""Ranking metrics as pure functions of the target's rank, bootstrap intervals and tests, integrity counts.
 
 Leave-one-out has exactly one relevant item per user, so every metric depends only on the 1-based
 rank of that item in the user's generated list (None when it is absent: a miss). Matching
-generated text to items happens in `genrec.decoding`; nothing here knows about models.
+generated text to catalogue items happens before this module, where the ranked item ids are built:
+`genrec.evaluation.ranked_entries` (with `genrec.trie.Catalogue.find_title` for free generation) for
+GenRec, `genrec.p5_ranking.ranked_entries` for P5. Nothing here knows about models or text.
 """
 
 from __future__ import annotations
@@ -68,14 +70,14 @@ def _check(ranks: Sequence[Rank], k: int) -> None:
         raise ValueError(f"k={k}: expected k >= 1")
 
 
-def bootstrap_interval(values: np.ndarray, samples: int, seed: int, level: float = 0.95,
-                       chunk: int = 100) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-user `values`, resampling users.
+def resampled_means(values: np.ndarray, samples: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """Means of `samples` bootstrap resamples of `values` (users drawn with replacement), in draw order.
 
-    Resamples are drawn `chunk` at a time so memory stays at chunk x users (ML-25M has 162k users).
+    Resamples are drawn `chunk` at a time so memory stays at chunk x users (ML-25M has 162k users);
+    the draws, and so the means, depend only on `seed`, `samples`, `chunk` and the number of users.
 
-    Returns:
-        (low, high): the (1-level)/2 and (1+level)/2 quantiles of the resampled means.
+    Raises:
+        ValueError: for an empty `values`.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -85,8 +87,44 @@ def bootstrap_interval(values: np.ndarray, samples: int, seed: int, level: float
     for start in range(0, samples, chunk):
         idx = rng.integers(0, values.size, size=(min(chunk, samples - start), values.size))
         means.append(values[idx].mean(axis=1))
-    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
+    return np.concatenate(means)
+
+
+def bootstrap_interval(values: np.ndarray, samples: int, seed: int, level: float = 0.95,
+                       chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-user `values`, resampling users (`resampled_means`).
+
+    Returns:
+        (low, high): the (1-level)/2 and (1+level)/2 quantiles of the resampled means.
+    """
+    means = resampled_means(values, samples, seed, chunk)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float = 0.95) -> dict:
+    """Paired bootstrap over users of mean(a - b), for per-user outcomes of two models on the same users.
+
+    Users are resampled with replacement (`resampled_means` of the per-user differences); each
+    resample's mean difference forms the bootstrap distribution. The interval is its percentile
+    interval; the two-sided p-value inverts it, p = min(1, 2 * min(P*(d <= 0), P*(d >= 0))) with the
+    (count + 1) / (samples + 1) correction, so identical outcomes give p = 1 and a difference no
+    resample reverses gives p = 2 / (samples + 1).
+
+    Returns:
+        {"users", "diff", "ci95_low", "ci95_high", "p_value", "wins", "losses"}: wins / losses count
+        the users where a's outcome is above / below b's.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired outcomes need the same, non-zero number of users ({a.size} vs {b.size})")
+    diff = a - b
+    means = resampled_means(diff, samples, seed)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    below, above = (np.sum(means <= 0) + 1) / (samples + 1), (np.sum(means >= 0) + 1) / (samples + 1)
+    return {"users": int(diff.size), "diff": float(diff.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "p_value": float(min(1.0, 2 * min(below, above))), "wins": int(np.sum(diff > 0)),
+            "losses": int(np.sum(diff < 0))}
 
 
 def ranking_metrics(ranks: Sequence[Rank], ks: Sequence[int], samples: int, seed: int) -> dict:

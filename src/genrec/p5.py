@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from genrec.errors import DataError
 from genrec.io import write_json
 from genrec.params import P5Params
 from genrec.prompts import choose_instruction, truncate_history
+from genrec.sequences import Sequences, target_rows
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +246,115 @@ def check_checkpoint(meta: dict, dataset: str, split_fingerprint: str, path: str
         raise DataError(f"P5 checkpoint trained on split {str(meta.get('split_fingerprint'))[:12]}, evaluating "
                         f"split {split_fingerprint[:12]}", path=path,
                         fix="retrain P5 on this split (dvc repro p5_train)")
+
+
+def build_index(seqs: Sequences, indexing: str, seed: int) -> ItemIndex:
+    """`indexing` (random | sequential) over the catalogue; `sequential` sees the training rows only."""
+    if indexing == "random":
+        return random_index(seqs.item_ids, seed)
+    train_rows = np.flatnonzero(seqs.split == 0)  # sorted by (user, position): users in id order
+    bounds = np.flatnonzero(np.diff(seqs.user[train_rows])) + 1
+    sequences = ([seqs.item_ids[c] for c in chunk] for chunk in np.split(seqs.item[train_rows], bounds))
+    return sequential_index(sequences, seqs.item_ids)
+
+
+def split_records(seqs: Sequences, name: str, train_targets: int | str, numbers: np.ndarray,
+                  limit: int | None) -> list[Record]:
+    """P5 records of one split's targets (train: the same positions as GenRec's prompts stage)."""
+    rows = target_rows(seqs, name, train_targets)
+    users = [seqs.user_ids[u] for u in seqs.user[rows].tolist()]
+    return records(users, rows, seqs.start[rows], seqs.position[rows], numbers, limit)
+
+
+def encode(records: list[Record], tokenizer, tokens: np.ndarray, seed: int, max_tokens: int,
+           phrasings: Sequence[str] = PHRASINGS) -> tuple[list[tuple], int]:
+    """(input ids, [item token, EOS]) per record, and how many prompts lost their oldest items to fit `max_tokens`."""
+    chosen = [choose_phrasing(seed, r.user_id, r.position, phrasings) for r in records]
+    texts = [build_prompt(phrasing, r.user_id, r.history) for phrasing, r in zip(chosen, records)]
+    ids = tokenizer(texts)["input_ids"] if texts else []
+    out, truncated = [], 0
+    for record, phrasing, input_ids in zip(records, chosen, ids):
+        if len(input_ids) > max_tokens:
+            input_ids = tokenizer(fit_prompt(phrasing, record.user_id, record.history, tokenizer,
+                                                max_tokens))["input_ids"]
+            truncated += 1
+        out.append((input_ids, [int(tokens[record.target]), tokenizer.eos_token_id]))
+    return out, truncated
+
+
+def read_meta(model_dir: Path) -> dict:
+    """The `p5.json` written beside a checkpoint by the training stage."""
+    path = model_dir / META_FILE
+    if not path.exists():
+        raise DataError("not a P5 checkpoint (no p5.json)", path=model_dir, fix="run `genrec p5_train` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# Training: a plain seeded torch loop (the loss is one item token + EOS; a Trainer adds nothing).
+
+
+def batches(data: list[tuple], order, batch_size: int, pad_id: int, device):
+    """Padded (input_ids, attention_mask, labels) tensors, `batch_size` examples at a time in `order`."""
+    import torch
+
+    for begin in range(0, len(order), batch_size):
+        chunk = [data[i] for i in order[begin:begin + batch_size]]
+        width = max(len(x) for x, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        for row, (x, _) in enumerate(chunk):
+            ids[row, :len(x)] = torch.tensor(x)
+        labels = torch.tensor([y for _, y in chunk], dtype=torch.long)
+        yield ids.to(device), (ids != pad_id).long().to(device), labels.to(device)
+
+
+def train_loop(model, train_data: list[tuple], valid_data: list[tuple], p: P5Params, pad_id: int) -> dict:
+    """Seeded AdamW epochs with linear warm-up/decay; logs losses to the active MLflow run."""
+    import mlflow
+    import torch
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    device = model.device
+    total = p.epochs * math.ceil(len(train_data) / p.batch_size)
+    warmup = int(p.warmup) if p.warmup >= 1 else round(p.warmup * total)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    generator = torch.Generator().manual_seed(p.seed)
+    step, running, valid_loss = 0, [], float("nan")
+    bar = tqdm(total=total, desc="p5 train", unit="step")
+    for epoch in range(1, p.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_data), generator=generator).tolist()
+        for ids, mask, labels in batches(train_data, order, p.batch_size, pad_id, device):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running.append(loss.item())
+            bar.update()
+            if step % p.logging_steps == 0:
+                mlflow.log_metrics({"p5.loss": float(np.mean(running[-p.logging_steps:])),
+                                    "p5.learning_rate": scheduler.get_last_lr()[0]}, step=step)
+        valid_loss = mean_loss(model, valid_data, p.batch_size, pad_id)
+        mlflow.log_metrics({"p5.valid_loss": valid_loss, "p5.epoch": epoch}, step=step)
+        bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}", valid=f"{valid_loss:.3f}")
+    bar.close()
+    return {"steps": step, "epochs": p.epochs, "train_loss": float(np.mean(running[-50:])) if running else float("nan"),
+            "valid_loss": valid_loss}
+
+
+def mean_loss(model, data: list[tuple], batch_size: int, pad_id: int) -> float:
+    """Mean per-example cross-entropy of `data` (each target is the same 2 tokens long)."""
+    import torch
+
+    if not data:
+        return float("nan")
+    model.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for ids, mask, labels in batches(data, range(len(data)), batch_size, pad_id, model.device):
+            total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * len(labels)
+    return total / len(data)

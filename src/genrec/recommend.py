@@ -20,7 +20,8 @@ from typing import Sequence
 import pandas as pd
 
 from genrec.errors import DataError
-from genrec.params import EvalParams
+from genrec.params import EvalParams, Params
+from genrec.layout import SPLITS
 from genrec.trie import Catalogue, normalise_text
 
 log = logging.getLogger(__name__)
@@ -167,17 +168,14 @@ class Recommender:
 
     def _ranked(self, resolved: list[ResolvedHistory], num_beams: int) -> list[list[dict]]:
         """Evaluation's prompt, settings and beam search for already-matched histories."""
-        from genrec.decoding import BeamSettings, ranked_beams
-        from genrec.evaluation import encode_prompts, pad_token_id, ranked_entries
+        from genrec.decoding import ranked_beams
+        from genrec.evaluation import beam_settings, encode_prompts, ranked_entries
 
         e = self.eval_params
         records = [{"user_id": f"request {i}", "instruction": self.template.instructions[0],
                     "history_titles": [self.catalogue.titles[t] for t in r.indices]} for i, r in enumerate(resolved)]
         prompts, _ = encode_prompts(records, self.template, self.tokenizer, e.max_prompt_tokens)
-        settings = BeamSettings(num_beams=num_beams, length_penalty=float(e.length_penalty),
-                                early_stopping=e.early_stopping, eos_token_id=self.end_token_id,
-                                pad_token_id=pad_token_id(self.tokenizer),
-                                max_new_tokens=e.max_new_tokens or max(len(t) for t in self.title_tokens) + 1)
+        settings = beam_settings(e, self.tokenizer, self.end_token_id, self.title_tokens, num_beams=num_beams)
         excluded = [sorted(set(r.indices)) if e.exclude_history else [] for r in resolved]
         beams = ranked_beams(self.model, prompts, settings, trie=self.trie, excluded=excluded,
                              batch_size=e.batch_size)
@@ -192,7 +190,7 @@ def user_history(processed_dir: Path, user_id: str) -> list[str]:
     """
     processed_dir = Path(processed_dir)
     frames = []
-    for name in ("train", "valid", "test"):
+    for name in SPLITS:
         path = processed_dir / f"{name}.parquet"
         if not path.exists():
             raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
@@ -205,3 +203,33 @@ def user_history(processed_dir: Path, user_id: str) -> list[str]:
     items = pd.read_parquet(processed_dir / "items.parquet", columns=["item_id", "title"])
     title_of = dict(zip(items["item_id"].astype(str), items["title"]))
     return [title_of[str(i)] for i in rows["item_id"]]
+
+
+def predict(params: Params, model_uri: str, history: list[str], k: int | None = None) -> dict:
+    """Load the registered model `model_uri` and rank titles for one history (what `genrec recommend` prints).
+
+    Returns:
+        {"titles", "scores", "item_ids", "unknown"}: the pyfunc model's output row for this history.
+
+    Raises:
+        DataError: a model that cannot be loaded, or a history it refuses (one line each).
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from genrec import tracking
+
+    try:
+        with tracking.tracking_store(params):  # the project's store, for this load only
+            model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as err:
+        message = getattr(err, "message", None) or str(err)
+        raise DataError(f"cannot load model {model_uri}: {message.splitlines()[0]}",
+                        fix="Run `genrec promote` (dvc repro promote) first, or pass --model with an existing URI") \
+            from None
+    try:
+        frame = model.predict(pd.DataFrame({"history": [history]}), params={"k": k} if k else None)
+    except MlflowException as err:
+        raise DataError(err.message.split("Error: ")[-1].strip()) from None
+    return frame.iloc[0].to_dict()

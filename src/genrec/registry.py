@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,21 +110,13 @@ def _missing(value) -> bool:
 
 
 def registered_model_name(params: Params) -> str:
-    return f"{params.tracking.experiment_prefix}-{params.dataset}"
+    """`<prefix>-<dataset>`: the registered model is named like the dataset's experiment."""
+    return tracking.experiment_name(params)
 
 
 def champion_uri(params: Params) -> str:
     """`models:/genrec-<dataset>@champion`: what `genrec recommend` and `mlflow models serve` load."""
     return f"models:/{registered_model_name(params)}@{CHAMPION}"
-
-
-def client(params: Params):
-    """An MlflowClient on the project's tracking store (env MLFLOW_TRACKING_URI wins)."""
-    from mlflow import MlflowClient
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
-    return MlflowClient()
 
 
 def adapter_hash(model_dir: Path) -> str:
@@ -144,7 +135,7 @@ def store_backbone(params: Params, base_dir: Path) -> tuple[str, str]:
     The upload lives in a run of the experiment `<prefix>-backbones`; a finished run tagged with
     the same sha256 is reused, so a hundred adapters on one backbone store it once.
     """
-    mlc = client(params)
+    mlc = tracking.mlflow_client(params)
     sha256 = tracking.sha256_path(Path(base_dir))
     name = f"{params.tracking.experiment_prefix}-backbones"
     experiment = mlc.get_experiment_by_name(name)
@@ -158,9 +149,10 @@ def store_backbone(params: Params, base_dir: Path) -> tuple[str, str]:
     if found:
         return f"{found[0].info.artifact_uri}/{BACKBONE_ARTIFACT}", sha256
     log.info("uploading backbone %s (sha256 %s) to the artifact store", base_dir, sha256[:12])
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"backbone-{sha256[:12]}",
-                          tags={"genrec.family": "backbone", "genrec.backbone_sha256": sha256,
-                                "genrec.backbone_source": params.model.base}) as run:
+    with tracking.tracking_store(params), \
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"backbone-{sha256[:12]}",
+                             tags={"genrec.family": "backbone", "genrec.backbone_sha256": sha256,
+                                   "genrec.backbone_source": params.model.base}) as run:
         mlflow.log_artifacts(str(base_dir), artifact_path=BACKBONE_ARTIFACT)
     return f"{run.info.artifact_uri}/{BACKBONE_ARTIFACT}", sha256
 
@@ -208,7 +200,7 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
     Returns:
         (ModelVersion, created: bool).
     """
-    mlc = client(params)
+    mlc = tracking.mlflow_client(params)
     name = registered_model_name(params)
     tags = {**tags, "adapter_sha256": adapter_hash(model_dir)}
     existing = find_version(mlc, name, tags["adapter_sha256"])
@@ -238,7 +230,8 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
             model_config={"backbone_uri": backbone_uri, "backbone_sha256": backbone_sha256,
                           "eval": to_dict(params.eval), "dataset": params.dataset},
             signature=signature(params.eval.num_beams), pip_requirements=requirements())
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    with tracking.tracking_store(params):
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
     log.info("registered %s version %s from run %s", name, version.version, run_id)
     return version, True
 
@@ -326,7 +319,7 @@ def promote(params: Params, newcomer) -> Decision:
     """Move `champion` per `choose_champion`; a no-op when it stays."""
     from mlflow.exceptions import MlflowException
 
-    mlc = client(params)
+    mlc = tracking.mlflow_client(params)
     name = registered_model_name(params)
     try:
         current = mlc.get_model_version_by_alias(name, CHAMPION)

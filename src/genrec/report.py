@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.errors import DataError
-from genrec.metrics import Rank, hits_at_k, ndcg_gains_at_k, target_rank
+from genrec.metrics import Rank, hits_at_k, ndcg_gains_at_k, paired_bootstrap, target_rank
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +138,6 @@ def per_user(ranks: dict[str, Rank], users: list[str], metric: str) -> np.ndarra
     name, k = metric.split("_at_")
     gains = hits_at_k if name == "hr" else ndcg_gains_at_k
     return gains([ranks[u] for u in users], int(k))
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float = 0.95) -> dict:
-    """Paired bootstrap over users of mean(a - b), for per-user outcomes of two models on the same users.
-
-    Users are resampled with replacement; each resample's mean difference forms the bootstrap
-    distribution. The interval is its percentile interval; the two-sided p-value inverts it,
-    p = min(1, 2 * min(P*(d <= 0), P*(d >= 0))) with the (count + 1) / (samples + 1) correction, so
-    identical outcomes give p = 1 and a difference no resample reverses gives p = 2 / (samples + 1).
-
-    Returns:
-        {"users", "diff", "ci95_low", "ci95_high", "p_value", "wins", "losses"}: wins / losses count
-        the users where a's outcome is above / below b's.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired outcomes need the same, non-zero number of users ({a.size} vs {b.size})")
-    diff = a - b
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, samples, 100):  # 100 resamples at a time bounds memory on large user sets
-        idx = rng.integers(0, diff.size, size=(min(100, samples - start), diff.size))
-        means.append(diff[idx].mean(axis=1))
-    means = np.concatenate(means)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    below, above = (np.sum(means <= 0) + 1) / (samples + 1), (np.sum(means >= 0) + 1) / (samples + 1)
-    return {"users": int(diff.size), "diff": float(diff.mean()), "ci95_low": float(low), "ci95_high": float(high),
-            "p_value": float(min(1.0, 2 * min(below, above))), "wins": int(np.sum(diff > 0)),
-            "losses": int(np.sum(diff < 0))}
 
 
 def paired_tests(results: list[ModelResult], reference: str, metrics: tuple[str, ...], samples: int,

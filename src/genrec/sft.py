@@ -319,6 +319,11 @@ def check_prepared(dataset, eos_token_id: int, max_length: int) -> dict:
     return {"tokens": tokens, "completion_tokens": completion_tokens}
 
 
+TRL_PATCHED_VERSION = "1.16.0"
+"""The TRL (pinned in pyproject.toml) whose private `trl.trainer.utils._use_triton` `completion_positions_only`
+overrides; with any other version the override is skipped (tests/test_sft.py checks the name still exists)."""
+
+
 @contextlib.contextmanager
 def completion_positions_only(enabled: bool):
     """Let TRL's fused LM head project only the positions that have a label, on CPUs too.
@@ -327,13 +332,19 @@ def completion_positions_only(enabled: bool):
     elsewhere (to keep tile shapes fixed for compilers such as Neuron's). Eager CPU training has no such
     constraint, and with ~150-token prompts and ~10-token completions the full projection costs
     SmolLM2-135M 1.8x the CPU time per step (bench/train_cpu.py). The math is the same (tests/test_sft.py).
+
+    The switch is TRL's private `_use_triton`, so it is overridden only on TRL_PATCHED_VERSION; on any
+    other TRL this logs a warning and trains with TRL's own choice (slower on CPU, same result).
     """
+    import trl
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
-    if not enabled or original is None:
-        if enabled:
-            log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
+    if enabled and (trl.__version__ != TRL_PATCHED_VERSION or original is None):
+        log.warning("TRL %s is not %s (or lacks trl.trainer.utils._use_triton): the LM head scores every "
+                    "position on CPU", trl.__version__, TRL_PATCHED_VERSION)
+        enabled = False
+    if not enabled:
         yield
         return
     trl_utils._use_triton = lambda device: original(device) or device.type == "cpu"

@@ -8,21 +8,26 @@ The tracking URI comes from `tracking.uri` (default `sqlite:///mlflow.db`, relat
 directory) unless the environment sets MLFLOW_TRACKING_URI. Each experiment (`<prefix>-<dataset>`) is
 created with an explicit artifact location, `mlartifacts/<experiment>` beside a SQLite database, so
 artifacts never land in an unexpected `./mlruns`.
+
+Nothing here changes MLflow's global state for longer than a call: clients get the URI explicitly, and
+MLflow's fluent API (`mlflow.log_*` in the stages) points at the store only inside `tracking_store` or
+`start_or_resume_run`, which put the previous tracking URI and environment back on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 
-from genrec.io import write_json
+from genrec.io import sha256_file, write_json
 from genrec.params import Params, to_dict
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
 DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+URI_ENV = "MLFLOW_TRACKING_URI"  # `mlflow.set_tracking_uri` exports it for subprocesses
+TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"  # MLflow checks it before each telemetry event
 
 
 def tracking_uri(params: Params) -> str:
@@ -38,6 +45,7 @@ def tracking_uri(params: Params) -> str:
 
 
 def experiment_name(params: Params) -> str:
+    """`<tracking.experiment_prefix>-<dataset>`: the experiment, and the registered model's name."""
     return f"{params.tracking.experiment_prefix}-{params.dataset}"
 
 
@@ -53,22 +61,55 @@ def artifact_root(params: Params, uri: str) -> Path | None:
     return None
 
 
-def ensure_experiment(params: Params) -> str:
-    """Set the tracking URI and return the id of this dataset's experiment, creating it if needed."""
+def mlflow_client(params: Params):
+    """An MlflowClient on the project's tracking store; MLflow's global tracking URI is left alone."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(params))
+
+
+@contextlib.contextmanager
+def tracking_store(params: Params) -> Iterator[str]:
+    """Point MLflow's fluent API (`mlflow.start_run`, `mlflow.log_*`) at the project's store for a block.
+
+    Telemetry is off inside the block unless MLFLOW_DISABLE_TELEMETRY says otherwise. On exit the
+    previous tracking URI, MLFLOW_TRACKING_URI and MLFLOW_DISABLE_TELEMETRY are restored exactly
+    (`mlflow.set_tracking_uri` exports the URI to the environment, where `tracking_uri` would read it).
+
+    Yields:
+        The tracking URI in use.
+    """
     import mlflow
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    saved_env = {name: os.environ.get(name) for name in (URI_ENV, TELEMETRY_ENV)}
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     uri = tracking_uri(params)
+    os.environ.setdefault(TELEMETRY_ENV, "true")
     mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: back to "not set", and the variable unset
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def ensure_experiment(params: Params) -> str:
+    """The id of this dataset's experiment in the project's store, created if needed."""
+    mlc = mlflow_client(params)
     name = experiment_name(params)
-    experiment = mlflow.get_experiment_by_name(name)
+    experiment = mlc.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    root = artifact_root(params, uri)
+    root = artifact_root(params, tracking_uri(params))
     location = (root / name).as_uri() if root is not None else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlc.create_experiment(name, artifact_location=location)
 
 
+@contextlib.contextmanager
 def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str | None = None,
                         tags: dict[str, str] | None = None):
     """Start a new run in the dataset's experiment, or reopen `run_id`; use it as a context manager.
@@ -77,37 +118,45 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
     (HEAD, `-dirty` when tracked files changed, `none` outside a repository), `genrec.dvc_experiment`
     under `dvc exp run` (DVC's DVC_EXP_NAME), then with `tags` (which may override them, e.g.
     `{"genrec.family": "p5"}`). Under `dvc exp run` the experiment's name is appended to `run_name`.
+    Inside the block MLflow's fluent API logs to the project's store (`tracking_store`).
 
-    Returns:
-        mlflow.ActiveRun (ends the run on leaving the `with` block; FAILED if it raised).
+    Yields:
+        mlflow.ActiveRun (the run ends on leaving the `with` block; FAILED if it raised).
     """
     import mlflow
 
-    experiment_id = ensure_experiment(params)
-    if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
-    defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset, "genrec.git_commit": git_commit() or "none"}
-    experiment = os.environ.get(DVC_EXP_NAME)
-    if experiment:
-        defaults["genrec.dvc_experiment"] = experiment
-        run_name = f"{run_name}-{experiment}" if run_name else experiment
-    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**defaults, **(tags or {})})
+    with tracking_store(params):
+        experiment_id = ensure_experiment(params)
+        if run_id is not None:
+            with mlflow.start_run(run_id=run_id) as run:
+                yield run
+            return
+        defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset,
+                    "genrec.git_commit": git_commit() or "none"}
+        experiment = os.environ.get(DVC_EXP_NAME)
+        if experiment:
+            defaults["genrec.dvc_experiment"] = experiment
+            run_name = f"{run_name}-{experiment}" if run_name else experiment
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                              tags={**defaults, **(tags or {})}) as run:
+            yield run
 
 
 def run_exists(params: Params, run_id: str) -> bool:
-    """Whether `run_id` is a live (not deleted) run in the current tracking store."""
-    import mlflow
+    """Whether `run_id` is a live (not deleted) run in the project's tracking store."""
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri(params))
     try:
-        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
+        return mlflow_client(params).get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
         return False
 
 
 def write_run_file(path: str | Path, run) -> Path:
-    """Save {run_id, experiment_id, tracking_uri} of an active run as JSON (the lineage link)."""
+    """Save {run_id, experiment_id, tracking_uri} of an active run as JSON (the lineage link).
+
+    Call it inside `start_or_resume_run`, where MLflow's tracking URI is the run's store.
+    """
     import mlflow
 
     return write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
@@ -203,18 +252,16 @@ def _dvc_lock_hashes(lock_path: Path) -> dict[str, str]:
 
 
 def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's sorted (relative name, file sha256) pairs."""
+    """sha256 of a file, or of a directory's sorted (relative name, file sha256) pairs.
+
+    Not `io.fingerprint`, on purpose: that one streams base names and bytes into one digest. This
+    value is recorded as backbone_sha256 on registry versions and as `sha256:` data hashes in MLflow
+    params and config.json, fingerprint's as every metrics file's split_fingerprint; one function for
+    both would change one of the recorded values.
+    """
     if path.is_file():
-        return _sha256_file(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{_sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()

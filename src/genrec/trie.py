@@ -216,3 +216,21 @@ def allowed_tokens(trie: TitleTrie, nodes: torch.Tensor, users: torch.Tensor | N
         open_ = closed_keys[pos] != keys
         rows, edges = rows[open_], edges[open_]
     return rows, trie.edge_tokens[edges]
+
+
+def node_log_mass(trie: TitleTrie, title_probs: torch.Tensor) -> torch.Tensor:
+    """[users, n_nodes + 1] log of the probability mass of the titles at or below each trie node.
+
+    The root holds all of it; the dead node (no titles) holds log 1 = 0 so steps into it add nothing.
+    """
+    paths = trie.title_paths.cpu()
+    users, n_titles = title_probs.shape
+    mass = torch.zeros((users, trie.n_nodes + 1), dtype=torch.float64)
+    valid = paths >= 0
+    nodes = paths[valid]  # every (title, node on its path) pair
+    owners = torch.arange(n_titles).unsqueeze(1).expand_as(paths)[valid]
+    mass.index_add_(1, nodes, title_probs[:, owners])
+    mass[:, 0] = title_probs.sum(1)
+    log_mass = mass.clamp(min=1e-30).log()
+    log_mass[:, trie.dead] = 0.0
+    return log_mass.to(torch.float32)

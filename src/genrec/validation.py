@@ -27,7 +27,8 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from genrec.split import SPLITS, duplicate_mask, positions, stable_order, user_time_key
+from genrec.layout import SPLITS
+from genrec.split import duplicate_mask, positions, stable_order, user_time_key
 
 log = logging.getLogger(__name__)
 

@@ -129,8 +129,6 @@ def test_constrained_run_writes_valid_lists_and_is_reproducible(world, tmp_path)
 
 
 def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path):
-    import mlflow
-
     from genrec import tracking
 
     p = params(tmp_path)
@@ -142,11 +140,12 @@ def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path)
     run(world, tmp_path / "lora", p, model_dir=adapter)
     assert read_predictions(tmp_path / "bare" / "predictions.jsonl") != \
         read_predictions(tmp_path / "lora" / "predictions.jsonl")
-    logged = mlflow.get_run(active.info.run_id)
+    client = tracking.mlflow_client(p)
+    logged = client.get_run(active.info.run_id)
     metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert logged.data.metrics["test.hr_at_10"] == pytest.approx(metrics["hr_at_10"])
     assert logged.data.metrics["test.ci95_high.ndcg_at_10"] == pytest.approx(metrics["ci95_high"]["ndcg_at_10"])
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "eval/test")}
+    artifacts = {a.path for a in client.list_artifacts(active.info.run_id, "eval/test")}
     assert artifacts == {"eval/test/metrics.json", "eval/test/predictions.jsonl"}
 
 

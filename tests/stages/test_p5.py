@@ -12,6 +12,7 @@ import pytest
 from genrec import p5
 from genrec.errors import DataError
 from genrec.params import EvalParams, P5Params, Params, PromptsParams, TrackingParams
+from genrec import p5_ranking
 from genrec.stages import p5_evaluate, p5_train
 
 N_ITEMS, N_USERS = 30, 60
@@ -96,19 +97,18 @@ def test_evaluate_writes_genrec_format_and_beats_random(trained):
 
 
 def test_metrics_land_in_the_training_run(trained):
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     tmp, result = trained
     evaluate(tmp)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-    run = mlflow.get_run(result["run_id"])
+    run = MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_run(result["run_id"])
     assert run.data.tags["genrec.family"] == "p5" and run.data.tags["genrec.dataset"] == "ml-latest-small"
     assert run.data.tags["genrec.backbone"] == p5.SCRATCH_LABEL
     assert "p5.loss" in run.data.metrics and "test.hr_at_10" in run.data.metrics
 
 
 def test_user_sample_matches_the_evaluate_stage(trained):
-    from genrec.evaluation import sample_users
+    from genrec.results import sample_users
 
     tmp, _ = trained
     evaluate(tmp, tiny_params(tmp, max_users=7), name="sample")
@@ -118,7 +118,7 @@ def test_user_sample_matches_the_evaluate_stage(trained):
 
 def test_direct_ranking_equals_hf_generate(trained):
     tmp, _ = trained
-    model, tokenizer = p5_evaluate.load_model(tmp / "model", "auto")
+    model, tokenizer = p5_ranking.load_model(tmp / "model", "auto")
     index = p5.ItemIndex.load(tmp / "model" / p5.INDEX_FILE)
     tokens = p5.item_token_ids(tokenizer, len(index.ids), tmp)
     rng = np.random.default_rng(1)
@@ -128,7 +128,7 @@ def test_direct_ranking_equals_hf_generate(trained):
     for length_penalty in (1.0, 0.0):
         args = (model, prompts, tokens[1:], excluded, 10, length_penalty, tokenizer.pad_token_id,
                 tokenizer.eos_token_id)
-        direct, generated = p5_evaluate.rank_constrained(*args), p5_evaluate.rank_generate(*args)
+        direct, generated = p5_ranking.rank_constrained(*args), p5_ranking.rank_generate(*args)
         for user, (d, g) in enumerate(zip(direct, generated)):
             assert [t for t, _, _ in d] == [t for t, _, _ in g]
             np.testing.assert_allclose([s for _, s, _ in d], [s for _, s, _ in g], rtol=1e-4, atol=1e-5)

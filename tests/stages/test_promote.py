@@ -25,7 +25,7 @@ NAME = "genrec-tiny"
 
 def state(w) -> dict:
     """Registry state: versions with their tags and timestamps, and the champion."""
-    mlc = registry.client(w["params"])
+    mlc = tracking.mlflow_client(w["params"])
     versions = {str(v.version): (dict(v.tags), v.last_updated_timestamp)
                 for v in mlc.search_model_versions(f"name='{NAME}'")}
     return {"versions": versions, "champion": str(mlc.get_model_version_by_alias(NAME, registry.CHAMPION).version)}
@@ -62,12 +62,12 @@ def test_first_registration_creates_a_version_with_its_tags_and_makes_it_champio
     processed = w["processed"]
     assert tags["split_fingerprint"] == fingerprint(*(processed / f"{s}.parquet" for s in ("train", "valid", "test")))
     assert tags["valid_protocol"] == registry.protocol_hash(valid["protocol"])
-    run = registry.client(w["params"]).get_run(tracking.read_run_id(w["tmp"] / "first" / "model"))
+    run = tracking.mlflow_client(w["params"]).get_run(tracking.read_run_id(w["tmp"] / "first" / "model"))
     assert tags["git_commit"] == run.data.tags.get("mlflow.source.git.commit", tracking.git_commit() or "unknown")
     assert tags["backbone"] == "smollm2-135m-instruct" and tags["backbone_model_type"] == "llama"
     assert tags["backbone_sha256"] == tracking.sha256_path(w["base"])
     assert tags["adapter_sha256"] == registry.adapter_hash(w["tmp"] / "first" / "model")
-    mlc = registry.client(w["params"])
+    mlc = tracking.mlflow_client(w["params"])
     run_id = tracking.read_run_id(w["tmp"] / "first" / "model")
     assert mlc.get_model_version(NAME, "1").run_id == run_id == report["champion"]["run_id"]
     assert json.loads((w["tmp"] / "first" / "promotion.json").read_text()) == report
@@ -107,7 +107,7 @@ def test_a_worse_newcomer_does_not_take_it_whatever_its_test_metrics(history):
 
 def test_the_backbone_is_uploaded_once_for_all_versions(history):
     w, _ = history
-    mlc = registry.client(w["params"])
+    mlc = tracking.mlflow_client(w["params"])
     experiment = mlc.get_experiment_by_name("genrec-backbones")
     assert len(mlc.search_runs([experiment.experiment_id])) == 1
 

@@ -74,11 +74,12 @@ def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params
     assert float(rows[-1]["genrec_hr"]) == pytest.approx(json.loads((tmp_path / "metrics" / "genrec.json").read_text())
                                                           ["hr_at_10"], abs=1e-6)
 
-    import mlflow
+    from genrec import tracking
 
-    runs = mlflow.search_runs(experiment_names=["genrec-ml-latest-small"], output_format="list")
+    client = tracking.mlflow_client(params)
+    runs = client.search_runs([client.get_experiment_by_name("genrec-ml-latest-small").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["genrec.family"] == "report"
-    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "report")}
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
     assert logged == {"report/comparison.md", "report/comparison.png", "report/per_k.png", "report/per_k.csv"}
 
 

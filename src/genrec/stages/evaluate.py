@@ -21,11 +21,11 @@ import logging
 import time
 from pathlib import Path
 
-from genrec.evaluation import (decode_lists, encode_prompts, load_model, read_catalogue, read_records, sample_users,
-                               user_exclusions, with_split_history)
-from genrec.io import atomic_path, split_fingerprint, write_json
-from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
-from genrec.params import EvalParams, Params
+from genrec.evaluation import (decode_lists, encode_prompts, load_model, read_catalogue, read_records, user_exclusions,
+                               with_split_history)
+from genrec.io import split_fingerprint, write_json
+from genrec.params import Params
+from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     metrics.update(model=name + ("+sasrec" if assistant is not None else ""),
                    split_fingerprint=split_fingerprint(processed_dir),
                    train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
-    write_predictions(predictions_path, records, lists)
+    write_predictions(predictions_path, [
+        {"user_id": r["user_id"], "target_item_id": r["target_item_id"], "target_title": r.get("output"),
+         "ranked": entries} for r, entries in zip(records, lists)])
     write_json(metrics_path, metrics)
     log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(records),
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
@@ -94,54 +96,3 @@ def _train_seconds(model_dir: Path | None) -> float | None:
     if path is None or not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("train_seconds")
-
-
-def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, seconds: float, *,
-              beam_key=lambda entry: entry["title"], protocol: dict | None = None, **counts) -> dict:
-    """Metrics, integrity shares, counts and the protocol, as written to every model's metrics file.
-
-    Args:
-        beam_key: what makes a beam valid and distinct (a title here; P5 passes the item id).
-        protocol: entries that differ from this evaluator's protocol (P5's ranking and token budgets).
-    """
-    ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
-             for r, entries in zip(records, lists)]
-    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    metrics.update(integrity_metrics([[beam_key(entry) for entry in entries] for entries in lists], e.num_beams))
-    metrics.update({"users": len(records), "decode_seconds": round(seconds, 2),
-                    "users_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
-                    "prompts_truncated": counts["truncated"], "users_without_candidates": counts["hopeless"],
-                    "shared_titles": counts["shared_titles"], "seed": e.seed,
-                    "protocol": {"split": e.split, "k": list(e.k), "num_beams": e.num_beams,
-                                 "constrained": e.constrained, "exclude_history": e.exclude_history and e.constrained,
-                                 "length_penalty": e.length_penalty, "early_stopping": e.early_stopping,
-                                 "max_new_tokens": counts["max_new_tokens"], "max_users": e.max_users,
-                                 "max_prompt_tokens": e.max_prompt_tokens, "dtype": e.dtype,
-                                 "ranking": "full catalogue, generative",
-                                 "invalid_beams": "misses" if not e.constrained else "impossible",
-                                 **(protocol or {})}})
-    return metrics
-
-
-def write_predictions(path: Path, records: list[dict], lists: list[list[dict]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for record, entries in zip(records, lists):
-            f.write(json.dumps({"user_id": record["user_id"], "target_item_id": record["target_item_id"],
-                                "target_title": record.get("output"), "ranked": entries},
-                               ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictions_path: Path,
-                  prefix: str | None = None) -> None:
-    """Log the metrics (prefixed by the split, or `prefix`) and the predictions file into the model's run."""
-    import mlflow
-
-    from genrec import tracking
-
-    prefix = prefix or params.eval.split
-    with tracking.start_or_resume_run(params, run_id=tracking.read_run_id(model_dir)):
-        logged = tracking.log_metrics_file(metrics_path, prefix=prefix)
-        mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{prefix}")
-        mlflow.log_artifact(str(predictions_path), artifact_path=f"eval/{prefix}")
-    log.info("logged %d metrics and the predictions to MLflow run %s", len(logged), tracking.read_run_id(model_dir))
-

@@ -15,9 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from genrec.datasets import KNOWN, copy_hashing, dataset_source, extract_zip, fetch, read_sha256sums, sha256_file
+from genrec.datasets import KNOWN, copy_hashing, dataset_source, extract_zip, fetch, read_sha256sums
 from genrec.errors import DataError
-from genrec.io import atomic_path
+from genrec.io import atomic_path, sha256_file
 from genrec.params import Params
 from genrec.readers import READERS, dataset_files
 

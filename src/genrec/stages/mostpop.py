@@ -17,6 +17,7 @@ from pathlib import Path
 from genrec import baselines
 from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
+from genrec.results import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def run(params: Params, *, processed_dir: Path, metrics_path: Path, predictions_
     metrics, predictions = baselines.evaluate_ranking(data, users, targets, codes, values, e, seconds=seconds)
     metrics.update({"model": "mostpop", "split_fingerprint": split_fingerprint(processed_dir),
                     "train_seconds": round(train_seconds, 2), "eval_seconds": round(time.perf_counter() - start, 2)})
-    baselines.write_predictions(predictions_path, predictions)
+    write_predictions(predictions_path, predictions)
     write_json(metrics_path, metrics)
     log.info("MostPop on %d users: HR@10 %.4f NDCG@10 %.4f -> %s", len(users), metrics.get("hr_at_10", float("nan")),
              metrics.get("ndcg_at_10", float("nan")), metrics_path)

@@ -3,11 +3,8 @@
     genrec p5_evaluate --processed data/processed/<dataset> --model models/p5 \\
         --metrics reports/metrics/p5.json --predictions reports/predictions/p5.jsonl
 
-Every item id is one token, so a constrained beam is the item token then EOS. HF's beam search
-(`generate(num_beams=K, prefix_allowed_tokens_fn=...)`) then keeps the K items of highest
-log p(item), finishes each with EOS and ranks them by (log p(item) + log p(EOS | item)) / 2**length_penalty.
-`rank_constrained` computes exactly that in two batched decoder calls (no beam bookkeeping);
-`rank_generate` runs HF `generate`, used for the unconstrained mode and, in the tests, to show both agree.
+Every item id is one token, so a constrained beam is the item token then EOS; `genrec.p5_ranking`
+computes HF's beam search for that case directly (and runs HF `generate` for the unconstrained one).
 
 Refuses a checkpoint from another dataset or split and an item index or vocabulary that does not
 cover the catalogue. Same users (`eval.split`, seeded `eval.max_users` sample), metrics, integrity
@@ -16,22 +13,19 @@ figures and file formats as the GenRec evaluate stage; metrics are logged into P
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from genrec import p5
-from genrec.errors import DataError
-from genrec.io import atomic_path, split_fingerprint, write_json
+from genrec.evaluation import read_catalogue
+from genrec.io import split_fingerprint, write_json
+from genrec.p5_ranking import load_model, rank_users, ranked_entries
 from genrec.params import Params
-from genrec.evaluation import read_catalogue, sample_users
-from genrec.stages.evaluate import log_to_mlflow, summarise
-from genrec.stages.p5_train import encode
-from genrec.stages.prompts import SPLITS, load_sequences, target_rows
+from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
+from genrec.sequences import load_sequences, target_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +42,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     processed_dir, model_dir = Path(processed_dir), Path(model_dir)
     e = params.eval
     started = time.perf_counter()
-    meta = read_meta(model_dir)
+    meta = p5.read_meta(model_dir)
     split_hash = split_fingerprint(processed_dir)
     p5.check_checkpoint(meta, params.dataset, split_hash, model_dir / p5.META_FILE)
     seqs = load_sequences(processed_dir)
@@ -64,14 +58,14 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     full = p5.records(users, rows, seqs.start[rows], seqs.position[rows], numbers, None)
     shown = [p5.Record(r.user_id, r.position, r.history[-meta["max_history"]:], r.target) for r in full]
     # The phrasings, seed, history length and budget the checkpoint was trained with, read from beside it.
-    encoded, truncated = encode(shown, tokenizer, tokens, meta["phrasing_seed"], meta["max_input_tokens"],
+    encoded, truncated = p5.encode(shown, tokenizer, tokens, meta["phrasing_seed"], meta["max_input_tokens"],
                                 meta["phrasings"])
     constrained_exclusion = e.constrained and e.exclude_history
     excluded = [sorted({int(tokens[n]) for n in r.history}) for r in full] if constrained_exclusion else None
     hopeless = sum(len(x) >= len(index.ids) for x in excluded) if excluded else 0
 
     start = time.perf_counter()
-    ranked = rank_users(model, [x for x, _ in encoded], tokens[1:], excluded, params, tokenizer)
+    ranked = rank_users(model, [x for x, _ in encoded], tokens[1:], excluded, e, tokenizer)
     seconds = time.perf_counter() - start
     item_of_number = {n: item for item, n in index.ids.items()}
     item_of_token = {int(tokens[n]): item for n, item in item_of_number.items()}
@@ -93,155 +87,11 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                     "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})
-    write_predictions(predictions_path, users, targets, titles, lists)
+    write_predictions(predictions_path, [
+        {"user_id": user, "target_item_id": target, "target_title": titles[target], "ranked": entries}
+        for user, target, entries in zip(users, targets, lists)])
     write_json(metrics_path, metrics)
     log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(users),
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
     log_to_mlflow(params, model_dir, Path(metrics_path), Path(predictions_path))
     return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
-
-
-def read_meta(model_dir: Path) -> dict:
-    path = model_dir / p5.META_FILE
-    if not path.exists():
-        raise DataError("not a P5 checkpoint (no p5.json)", path=model_dir, fix="run `genrec p5_train` first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load_model(model_dir: Path, dtype: str):
-    """(T5 in eval mode on the GPU if there is one, its tokenizer)."""
-    import torch
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = T5ForConditionalGeneration.from_pretrained(model_dir, local_files_only=True,
-                                                       dtype=None if dtype == "auto" else getattr(torch, dtype))
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
-
-
-def rank_users(model, inputs: list[list[int]], item_tokens: np.ndarray, excluded, params: Params,
-               tokenizer) -> list[list[tuple]]:
-    """Beams per user, best first, `eval.batch_size` users at a time (see `rank_constrained`, `rank_generate`)."""
-    from tqdm import tqdm
-
-    e = params.eval
-    out = []
-    for begin in tqdm(range(0, len(inputs), e.batch_size), desc="p5 beam search", unit="batch"):
-        chunk = inputs[begin:begin + e.batch_size]
-        chunk_excluded = excluded[begin:begin + e.batch_size] if excluded is not None else None
-        if e.constrained:
-            out += rank_constrained(model, chunk, item_tokens, chunk_excluded, e.num_beams, e.length_penalty,
-                                    tokenizer.pad_token_id, tokenizer.eos_token_id)
-        else:
-            out += rank_generate(model, chunk, item_tokens, None, e.num_beams, e.length_penalty,
-                                 tokenizer.pad_token_id, tokenizer.eos_token_id, constrained=False,
-                                 max_new_tokens=e.max_new_tokens or 2)
-    return out
-
-
-def pad(inputs: Sequence[Sequence[int]], pad_id: int, device):
-    """Right-padded input ids and attention mask (T5's encoder uses relative positions, so side is free)."""
-    import torch
-
-    width = max(len(x) for x in inputs)
-    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(inputs), width), dtype=torch.long)
-    for row, x in enumerate(inputs):
-        ids[row, :len(x)], mask[row, :len(x)] = torch.tensor(list(x)), 1
-    return ids.to(device), mask.to(device)
-
-
-def allowed_mask(vocab_size: int, item_tokens: np.ndarray, excluded, users: int, device):
-    """[users, vocab] bool: item tokens, minus each user's excluded ones."""
-    import torch
-
-    allowed = torch.zeros((users, vocab_size), dtype=torch.bool, device=device)
-    allowed[:, torch.as_tensor(item_tokens, device=device)] = True
-    for row, tokens in enumerate(excluded or []):
-        allowed[row, list(tokens)] = False
-    return allowed
-
-
-def rank_constrained(model, inputs, item_tokens: np.ndarray, excluded, num_beams: int, length_penalty: float,
-                     pad_id: int, eos_id: int) -> list[list[tuple[int, float, list[int]]]]:
-    """HF's constrained beam search for one-token items, computed directly (see the module docstring).
-
-    Every beam finishes at the second step, so HF's stopping rules (`early_stopping`) cannot change the result.
-
-    Returns:
-        Per user, up to `num_beams` (item token, score, generated tokens) triples, best first; fewer
-        when fewer items are allowed.
-    """
-    import torch
-
-    with torch.inference_mode():
-        ids, mask = pad(inputs, pad_id, model.device)
-        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        start = torch.full((len(inputs), 1), model.config.decoder_start_token_id, device=model.device)
-        first = model(encoder_outputs=(encoded,), attention_mask=mask, decoder_input_ids=start).logits[:, -1]
-        log_probs = torch.log_softmax(first.float(), dim=-1)
-        allowed = allowed_mask(log_probs.shape[-1], item_tokens, excluded, len(inputs), model.device)
-        top = log_probs.masked_fill(~allowed, -torch.inf).topk(min(num_beams, len(item_tokens)), dim=-1)
-        k = top.indices.shape[1]
-        decoder = torch.cat([start.repeat_interleave(k, 0), top.indices.reshape(-1, 1)], dim=1)
-        second = model(encoder_outputs=(encoded.repeat_interleave(k, 0),), attention_mask=mask.repeat_interleave(k, 0),
-                       decoder_input_ids=decoder).logits[:, -1]
-        eos = torch.log_softmax(second.float(), dim=-1)[:, eos_id].view(len(inputs), k)
-        scores = (top.values + eos) / 2 ** length_penalty
-    out = []
-    for row_tokens, row_scores in zip(top.indices.tolist(), scores.tolist()):
-        beams = [(t, s, [t]) for t, s in zip(row_tokens, row_scores) if np.isfinite(s)]
-        out.append(sorted(beams, key=lambda b: -b[1]))
-    return out
-
-
-def rank_generate(model, inputs, item_tokens: np.ndarray, excluded, num_beams: int, length_penalty: float,
-                  pad_id: int, eos_id: int, constrained: bool = True,
-                  max_new_tokens: int = 2) -> list[list[tuple[int | None, float, list[int]]]]:
-    """HF `generate` beam search, constrained to an allowed item token + EOS, or free (`constrained=False`).
-
-    Returns:
-        Per user, `num_beams` (item token, or None when the beam is not exactly one item + EOS; score;
-        generated tokens without EOS and padding) triples, best first.
-    """
-    import torch
-
-    items = set(int(t) for t in item_tokens)
-
-    def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:
-        if len(sent) > 1:  # after the decoder start token and one item: only EOS
-            return [eos_id]
-        return sorted(items - set(excluded[batch_id])) if excluded else sorted(items)
-
-    ids, mask = pad(inputs, pad_id, model.device)
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, num_return_sequences=num_beams,
-                             do_sample=False, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                             early_stopping=False, output_scores=True, return_dict_in_generate=True,
-                             prefix_allowed_tokens_fn=allowed if constrained else None,
-                             eos_token_id=eos_id, pad_token_id=pad_id)
-    sequences, scores = out.sequences[:, 1:].tolist(), out.sequences_scores.tolist()
-    beams = []
-    for seq, score in zip(sequences, scores):
-        body = [t for t in seq if t != pad_id]
-        ok = len(body) == 2 and body[1] == eos_id and body[0] in items
-        beams.append((body[0] if ok else None, score, [t for t in body if t != eos_id]))
-    return [beams[i:i + num_beams] for i in range(0, len(beams), num_beams)]
-
-
-def ranked_entries(beams, item_of_token: dict[int, str], titles: dict[str, str], tokenizer) -> list[dict]:
-    """Beams as the evaluate stage's list entries {title, item_ids, score}; title None marks a non-item beam."""
-    entries = []
-    for token, score, generated in beams:
-        item = item_of_token.get(token) if token is not None else None
-        entries.append({"title": titles[item] if item else None, "item_ids": [item] if item else [],
-                        "score": round(score, 6), **({} if item else {"text": tokenizer.decode(generated)})})
-    return entries
-
-
-def write_predictions(path: Path, users: list[str], targets: list[str], titles: dict[str, str],
-                      lists: list[list[dict]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for user, target, entries in zip(users, targets, lists):
-            f.write(json.dumps({"user_id": user, "target_item_id": target, "target_title": titles[target],
-                                "ranked": entries}, ensure_ascii=False, sort_keys=True) + "\n")

@@ -1,7 +1,7 @@
 """Promote stage: register the trained adapter and move the registry alias `champion` to the best version.
 
     genrec promote --model models/genrec --base models/base --processed data/processed/<dataset> \\
-        --valid-metrics reports/metrics/genrec_valid.json --test-metrics reports/metrics/genrec.json \\
+        --valid-metrics reports/metrics_valid/genrec.json --test-metrics reports/metrics/genrec.json \\
         --out reports/promotion.json
 
 The adapter becomes (at most once) a pyfunc version of `genrec-<dataset>` tagged with its validation
@@ -18,14 +18,14 @@ import logging
 import math
 from pathlib import Path
 
-from genrec import registry
+from genrec import registry, tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
+from genrec.layout import SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 TAGGED_METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
 REQUIRED_METRICS = ("hr_at_10", "ndcg_at_10")
 
@@ -119,7 +119,7 @@ def version_tags(valid: dict, test: dict, config: dict, params: Params, split_fi
 
 def promotion_report(params: Params, version, created: bool, decision: registry.Decision) -> dict:
     """Who was champion, who is, why, and every version's validation and test figures."""
-    mlc = registry.client(params)
+    mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
     versions = sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     by_number = {str(v.version): v for v in versions}

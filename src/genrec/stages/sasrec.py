@@ -19,6 +19,7 @@ from pathlib import Path
 from genrec import baselines, sasrec
 from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.params import Params, to_dict
+from genrec.results import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     metrics.update({"model": "sasrec", "split_fingerprint": fingerprint, "train_seconds": round(train_seconds, 2),
                     "eval_seconds": round(time.perf_counter() - start, 2), "best_epoch": best["epoch"],
                     "epochs": len(history)})
-    baselines.write_predictions(predictions_path, predictions)
+    write_predictions(predictions_path, predictions)
     write_json(metrics_path, metrics)
     log.info("SASRec (best epoch %d of %d, %.0fs) on %d users: HR@10 %.4f NDCG@10 %.4f -> %s", best["epoch"],
              len(history), train_seconds, len(users), metrics.get("hr_at_10", float("nan")),

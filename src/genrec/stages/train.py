@@ -35,6 +35,7 @@ from genrec.backbone import check_local_dir
 from genrec.curve import curve_data, learning_curve_callback, write_curve
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
+from genrec.layout import ACCELERATE_CONFIGS, accelerate_profile_path
 from genrec.params import Params, to_dict
 from genrec.prompts import PromptTemplate
 
@@ -146,9 +147,9 @@ def check_inputs(params: Params, base_dir: Path, prompts_dir: Path, processed_di
     """
     profile = accelerate_profile_path(params.train.accelerate_profile)
     if not profile.is_file():
-        available = ", ".join(sorted(p.stem for p in Path("configs/accelerate").glob("*.yaml"))) or "none here"
+        available = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))) or "none here"
         raise DataError(f"train.accelerate_profile={params.train.accelerate_profile!r}: {profile} does not exist",
-                        fix=f"Use a profile in configs/accelerate/ ({available}) or a path to an accelerate YAML")
+                        fix=f"Use a profile in {ACCELERATE_CONFIGS}/ ({available}) or a path to an accelerate YAML")
     check_local_dir(base_dir, key="--base")
     check_lora_targets(base_dir, params.train.lora.target_modules)
     template_path = prompts_dir / "template.json"
@@ -166,13 +167,6 @@ def check_inputs(params: Params, base_dir: Path, prompts_dir: Path, processed_di
                                 fix="pass --processed data/processed/<dataset> (run `genrec split` first)")
         return PromptTemplate.sequence(params.train.prompt_history)
     return PromptTemplate.load(template_path)
-
-
-def accelerate_profile_path(profile: str) -> Path:
-    """A YAML path as given, or a profile name resolved to configs/accelerate/<name>.yaml (from the CWD)."""
-    if profile.endswith((".yaml", ".yml")):
-        return Path(profile)
-    return Path("configs/accelerate") / f"{profile}.yaml"
 
 
 def check_lora_targets(base_dir: Path, targets: list[str]) -> None:

@@ -34,13 +34,28 @@ def load(params_path: Path, overrides: tuple[str, ...]):
 
 
 def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], **paths) -> dict:
-    """Validate params first (cheap), then import the stage module and call its `run()`."""
+    """Validate params first (cheap), then import the stage module and call its `run()`.
+
+    The stage's outputs are locked for the whole run (`io.output_lock`), so a second run on the same
+    outputs stops at once with a one-line message. Outputs are the command's path options that need not
+    exist (inputs say `exists=True`) and are not read from the environment (`--mirror`). Under
+    `accelerate launch` only rank 0 locks: the other ranks write nothing.
+    """
+    import os
+
     params = load(params_path, overrides)
     from genrec.errors import DataError
+    from genrec.io import output_lock
 
+    ctx = click.get_current_context(silent=True)
+    outputs = [] if ctx is None or os.environ.get("RANK", "0") != "0" else [
+        paths[option.name] for option in ctx.command.params
+        if isinstance(option.type, click.Path) and not option.type.exists and option.envvar is None
+        and paths.get(option.name) is not None]
     stage = importlib.import_module(f"genrec.stages.{name}")
     try:
-        return stage.run(params, **paths)
+        with output_lock(*outputs):
+            return stage.run(params, **paths)
     except DataError as err:
         raise click.ClickException(str(err)) from None
 

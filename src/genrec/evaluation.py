@@ -117,6 +117,9 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
+    if not (model_dir / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
+        raise DataError("no adapter_model.safetensors", path=model_dir,
+                        fix="genrec loads safetensors weights only; run `genrec train` (dvc repro train)")
     check_same_backbone(base_dir, model_dir, model)
     template = _template(model_dir / "template.json")
     if (model_dir / "tokenizer_config.json").exists():

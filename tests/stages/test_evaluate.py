@@ -236,3 +236,17 @@ def test_unconstrained_beams_match_titles_exactly_after_whitespace_normalisation
     first, second = evaluation.ranked_entries(hyps, catalogue, tokenizer, constrained=False)
     assert first == {"title": SHARED, "item_ids": [str(len(TITLES)), str(len(TITLES) + 1)], "score": -1.0}
     assert second == {"title": None, "item_ids": [], "score": -2.0, "text": "Heat 3"}
+
+
+def test_pickled_adapter_weights_are_refused(world, tmp_path):
+    """PEFT would load adapter_model.bin (a pickle) when the safetensors file is missing; genrec refuses."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(DataError, match="no adapter_model.safetensors"):
+        run(world, tmp_path, model_dir=adapter)
+    assert not (tmp_path / "metrics.json").exists()

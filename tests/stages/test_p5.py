@@ -173,3 +173,19 @@ def test_pretrained_t5_path_with_a_local_folder(trained, tmp_path):
     metrics = p5_evaluate.run(params, processed_dir=tmp / "processed", model_dir=tmp_path / "warm",
                               metrics_path=tmp_path / "m.json", predictions_path=tmp_path / "p.jsonl")
     assert metrics["backbone"] == "model" and metrics["hr_at_5"] > 0.6  # it starts from the trained weights
+
+
+def test_pickled_weights_are_refused(trained, tmp_path):
+    """A checkpoint with only pytorch_model.bin (a pickle) is never loaded."""
+    import shutil
+
+    import torch
+
+    tmp, _ = trained
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tmp / "model", pickled)
+    model, _ = p5_ranking.load_model(pickled, "auto")
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="pickled.*no model.safetensors"):
+        p5_ranking.load_model(pickled, "auto")

@@ -101,18 +101,22 @@ def read_catalogue(path: Path) -> Catalogue:
         raise DataError(str(err), path=path, fix="the split left no items; check split.user_core/item_core") from None
 
 
-def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype: str):
+def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype: str, device: str = "auto"):
     """Backbone plus merged adapter, its tokenizer and the prompt template it was trained with.
 
-    Returns:
-        (model in eval mode, tokenizer, PromptTemplate).
-    """
-    from genrec.backbone import load_backbone
+    Args:
+        device: `eval.device` (auto | cpu | cuda; see `backbone.inference_device`).
 
+    Returns:
+        (model in eval mode on its device, tokenizer, PromptTemplate).
+    """
+    from genrec.backbone import inference_device, load_backbone
+
+    target = inference_device(device)
     model, tokenizer = load_backbone(base_dir, dtype=None if dtype == "auto" else dtype)
     if model_dir is None:
         log.info("no adapter: evaluating the bare backbone with %s", prompts_dir / "template.json")
-        return model.eval(), tokenizer, _template(prompts_dir / "template.json")
+        return model.to(target).eval(), tokenizer, _template(prompts_dir / "template.json")
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -126,7 +130,7 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     # Merging folds the LoRA product into the weights once, so decoding runs the plain model.
     model = PeftModel.from_pretrained(model, model_dir, is_trainable=False).merge_and_unload()
-    return model.eval(), tokenizer, template
+    return model.to(target).eval(), tokenizer, template
 
 
 def _template(path: Path) -> PromptTemplate:

@@ -220,6 +220,7 @@ EvalSplit = Literal["test", "valid"]
 EVAL_SPLITS = get_args(EvalSplit)
 EvalDtype = Literal["auto", "bfloat16", "float32", "float16"]
 EVAL_DTYPES = get_args(EvalDtype)
+EvalDevice = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,9 @@ class EvalParams:
     """Resamples of users for the 95% intervals."""
     dtype: EvalDtype = "auto"
     """Compute dtype: auto (the checkpoint's) | bfloat16 | float32 | float16."""
+    device: EvalDevice = "auto"
+    """Where GenRec and P5 decode: auto (CUDA when torch sees a GPU: under accelerate, the process's own
+    GPU) | cpu | cuda (refused when there is none). Written into the metrics file."""
 
     def problems(self) -> list[str]:
         out = _at_least("eval", self, 1, "num_beams", "max_users", "batch_size", "max_prompt_tokens",

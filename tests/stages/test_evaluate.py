@@ -107,6 +107,7 @@ def test_constrained_run_writes_valid_lists_and_is_reproducible(world, tmp_path)
     assert metrics["users"] == USERS and metrics["valid_beam_share"] == 1.0
     assert metrics["duplicate_beam_share"] == 0.0 and metrics["users_without_candidates"] == 0
     assert metrics["shared_titles"] == 1 and metrics["protocol"]["constrained"] is True
+    assert metrics["device"] == ("cuda:0" if torch_cuda() else "cpu")
     predictions = read_predictions(tmp_path / "a" / "predictions.jsonl")
     owned = {}
     for name in ("train", "valid"):
@@ -250,3 +251,9 @@ def test_pickled_adapter_weights_are_refused(world, tmp_path):
     with pytest.raises(DataError, match="no adapter_model.safetensors"):
         run(world, tmp_path, model_dir=adapter)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

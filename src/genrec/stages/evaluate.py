@@ -49,7 +49,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     base_dir, prompts_dir, processed_dir = Path(base_dir), Path(prompts_dir), Path(processed_dir)
     records = sample_users(read_records(prompts_dir / f"{e.split}.jsonl"), e.max_users, e.seed)
     catalogue = read_catalogue(processed_dir / "items.parquet")
-    model, tokenizer, template = load_model(base_dir, model_dir, prompts_dir, e.dtype)
+    model, tokenizer, template = load_model(base_dir, model_dir, prompts_dir, e.dtype, e.device)
     if template.format == "sequence":
         records = with_split_history(records, processed_dir, e.split)
     prompts, truncated = encode_prompts(records, template, tokenizer, e.max_prompt_tokens)
@@ -75,7 +75,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                                   "prompt_format": template.format})
     # What the report needs to put every model in one table, and to refuse a comparison across splits.
     name = "genrec" if model_dir is not None else "backbone"
-    metrics.update(model=name + ("+sasrec" if assistant is not None else ""),
+    metrics.update(model=name + ("+sasrec" if assistant is not None else ""), device=str(model.device),
                    split_fingerprint=split_fingerprint(processed_dir),
                    train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
     write_predictions(predictions_path, [

@@ -48,7 +48,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     seqs = load_sequences(processed_dir)
     index = p5.ItemIndex.load(model_dir / p5.INDEX_FILE)
     index.check_covers(seqs.item_ids, model_dir / p5.INDEX_FILE)
-    model, tokenizer = load_model(model_dir, e.dtype)
+    model, tokenizer = load_model(model_dir, e.dtype, e.device)
     tokens = p5.item_token_ids(tokenizer, len(index.ids), model_dir)
 
     numbers = np.array([index.ids[item] for item in seqs.item_ids], dtype=np.int64)[seqs.item]
@@ -83,7 +83,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
                         truncated=truncated, hopeless=hopeless,
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
-    metrics.update({"model": "p5", "backbone": meta["backbone"], "indexing": meta["indexing"],
+    metrics.update({"model": "p5", "device": str(model.device), "backbone": meta["backbone"], "indexing": meta["indexing"],
                     "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})

@@ -76,7 +76,7 @@ def test_evaluate_writes_genrec_format_and_beats_random(trained):
     metrics = evaluate(tmp)
     written = json.loads((tmp / "test.json").read_text())
     assert written["model"] == "p5" and written["backbone"] == p5.SCRATCH_LABEL
-    assert written["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert written["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert written["users"] == N_USERS and len(written["split_fingerprint"]) == 64
     for key in ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"):
         assert 0 <= written["ci95_low"][key] <= written[key] <= written["ci95_high"][key] <= 1

@@ -21,8 +21,8 @@ import logging
 import time
 from pathlib import Path
 
-from genrec.evaluation import (decode_lists, encode_prompts, load_model, read_catalogue, read_records, user_exclusions,
-                               with_split_history)
+from genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
+                               user_exclusions, with_split_history)
 from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
 from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
@@ -63,8 +63,14 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
         assistant = SasrecAssistant(Path(assistant_dir), catalogue)
         known = read_histories(processed_dir, before=e.split, users=[r["user_id"] for r in records])
         histories = [known.get(str(r["user_id"]), []) for r in records]
+    # Under `accelerate launch` with several processes each decodes a block of users; every process gets
+    # all the lists back, and the main process alone writes the files and the MLflow entries.
+    state = processes(model.device)
     lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
-                                                  assistant=assistant, histories=histories)
+                                                  assistant=assistant, histories=histories, state=state)
+    n_processes = state.num_processes if state is not None else 1
+    if state is not None and not state.is_main_process:
+        return {"users": len(lists), "processes": n_processes, "main_process": False}
 
     hopeless = sum(len(titles) == len(catalogue.titles) for titles in excluded)
     metrics = summarise(records, lists, e, seconds, truncated=truncated, hopeless=hopeless,
@@ -75,7 +81,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                                   "prompt_format": template.format})
     # What the report needs to put every model in one table, and to refuse a comparison across splits.
     name = "genrec" if model_dir is not None else "backbone"
-    metrics.update(model=name + ("+sasrec" if assistant is not None else ""), device=str(model.device),
+    metrics.update(model=name + ("+sasrec" if assistant is not None else ""), device=model.device.type,
+                   processes=n_processes,
                    split_fingerprint=split_fingerprint(processed_dir),
                    train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
     write_predictions(predictions_path, [

@@ -83,7 +83,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
                         truncated=truncated, hopeless=hopeless,
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
-    metrics.update({"model": "p5", "device": str(model.device), "backbone": meta["backbone"], "indexing": meta["indexing"],
+    metrics.update({"model": "p5", "device": model.device.type, "backbone": meta["backbone"], "indexing": meta["indexing"],
                     "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})

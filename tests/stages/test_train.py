@@ -343,3 +343,46 @@ def test_sequence_format_needs_the_split(tiny, tmp_path):
     params = tiny_params(tiny["tmp"], format="sequence")
     with pytest.raises(DataError, match="--processed"):
         train.run(params, base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=tmp_path / "out")
+
+
+def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny, tmp_path):
+    """2 CPU processes (gloo) x micro-batch 2, accumulation 1 == 1 process x micro-batch 2, accumulation 2:
+    the same 4 records make each optimizer step, so the logged losses and the adapters agree closely; one
+    MLflow run, one adapter, no checkpoints left, written by the main process only."""
+    import socket
+
+    import mlflow
+    from safetensors.torch import load_file
+
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    out = tmp_path / "genrec"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
+           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(params_path),
+           "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    one_state = json.loads((trained[2] / "trainer_state.json").read_text())
+    two_state = json.loads((out / "trainer_state.json").read_text())
+    assert two_state["global_step"] == one_state["global_step"] == EXPECTED_STEPS
+    one_loss = [h["loss"] for h in one_state["log_history"] if "loss" in h]
+    two_loss = [h["loss"] for h in two_state["log_history"] if "loss" in h]
+    assert len(one_loss) == len(two_loss) == EXPECTED_STEPS
+    assert max(abs(a - b) for a, b in zip(one_loss, two_loss)) < 1e-3
+    one_w, two_w = load_file(trained[2] / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert one_w.keys() == two_w.keys()
+    diff = max(float((one_w[k] - two_w[k]).abs().max()) for k in one_w)
+    scale = max(float(one_w[k].abs().max()) for k in one_w)
+    assert diff < 1e-3 * scale
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["processes"] == 2
+    assert not train.checkpoint_dir(out).exists()
+    runs = mlflow.MlflowClient(params.tracking.uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(params.tracking.uri).search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

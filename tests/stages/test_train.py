@@ -386,3 +386,51 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny,
     runs = mlflow.MlflowClient(params.tracking.uri).search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(params.tracking.uri).search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
+    """SIGKILL to both processes after a checkpoint; a second 2-process launch resumes it in the same run."""
+    import socket
+
+    import psutil
+
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    out = tmp_path / "genrec"
+    ckpts = train.checkpoint_dir(out)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+
+    def launch():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                params.train.accelerate_profile, "--main_process_port", str(port), "-m", "genrec.cli", "train",
+                "--params", str(params_path), "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]),
+                "--out", str(out)]
+
+    proc = subprocess.Popen(launch(), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (ckpts / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint-3 within 300 s"
+        time.sleep(0.02)
+    # torchrun starts its workers in their own sessions: kill every descendant, not just the launcher's group.
+    tree = psutil.Process(proc.pid)
+    victims = [*tree.children(recursive=True), tree]
+    for victim in victims:
+        victim.kill()
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+    assert not out.exists()
+    killed_run = json.loads((ckpts / train.STATE_FILE).read_text())["run_id"]
+
+    done = subprocess.run(launch(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert state["global_step"] == trained[1]["global_step"] == EXPECTED_STEPS
+    assert config["training"]["resumed_from"].startswith("checkpoint-")
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == killed_run

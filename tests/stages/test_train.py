@@ -345,7 +345,8 @@ def test_sequence_format_needs_the_split(tiny, tmp_path):
         train.run(params, base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=tmp_path / "out")
 
 
-def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny, tmp_path):
+@pytest.mark.parametrize("profile", ["cpu2", "fsdp_cpu2"])  # DDP and FSDP2, both over gloo
+def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny, tmp_path, profile):
     """2 CPU processes (gloo) x micro-batch 2, accumulation 1 == 1 process x micro-batch 2, accumulation 2:
     the same 4 records make each optimizer step, so the logged losses and the adapters agree closely; one
     MLflow run, one adapter, no checkpoints left, written by the main process only."""
@@ -354,7 +355,7 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny,
     import mlflow
     from safetensors.torch import load_file
 
-    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / f"{profile}.yaml"))
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(to_dict(params)))
     out = tmp_path / "genrec"

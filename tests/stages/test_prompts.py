@@ -13,6 +13,8 @@ from genrec.params import Params, PromptsParams
 from genrec.prompts import PromptTemplate, build_prompt, parse_history
 from genrec.stages.prompts import run
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 TITLES = {
     "1": "Toy Story (1995)", "2": "American President, The (1995)", "3": 'He Said "No" (2001)',
     "4": "Amélie \\ Back\\slash (2001)", "5": "Heat (1995)", "6": "Se7en, (1995)",
@@ -177,12 +179,7 @@ def test_users_the_split_drops_are_not_prompted(root, tmp_path):
         rows += [(f"u{u}", str(i), 100 * u + i, 5.0) for i in range(4)]
     rows += [("short", "0", 1, 5.0), ("short", "1", 2, 5.0)]  # 2 interactions: below min_sequence_length
     rows += [("low", str(i), 10 + i, 1.0) for i in range(4)]  # every rating below min_rating
-    interim = tmp_path / "interim"
-    interim.mkdir()
-    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_parquet(
-        interim / "interactions.parquet", index=False)
-    pd.DataFrame({"item_id": [str(i) for i in range(4)], "title": [f"Title {i}" for i in range(4)]}).to_parquet(
-        interim / "items.parquet", index=False)
+    interim = tiny_genrec.write_interim(tmp_path / "interim", rows, [f"Title {i}" for i in range(4)])
     params = load_params(root / "params.yaml", ["split.user_core=1", "split.item_core=1", "split.min_rating=4"])
     stats = split_stage.run(params, interim_dir=interim, out_dir=tmp_path / "processed", report_dir=tmp_path / "report",
                             metrics_path=tmp_path / "split.json")

@@ -209,8 +209,10 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 def test_dvc_yaml_params_exist_in_params_yaml(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    used = set()
+    used = {"datasets", "dataset"}  # foreach: ${datasets}; each instance's command sets dataset
     for name, stage in stages.items():
+        assert stage.get("foreach", "${datasets}") == "${datasets}", name
+        stage = stage.get("do", stage)
         for entry in stage.get("params", []):
             keys = entry if isinstance(entry, str) else next(iter(entry))
             node = raw
@@ -224,6 +226,9 @@ def test_dvc_yaml_params_exist_in_params_yaml(root):
 def test_dvc_yaml_stages_call_the_cli_and_list_their_module(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        if name != "base_model":  # dataset-independent; every other stage runs per dataset
+            assert "--set dataset=${item}" in stage["cmd"], name
         words = stage["cmd"].split()
         at = next(i for i, w in enumerate(words) if w in ("genrec", "genrec.cli"))
         command = words[at + 1]

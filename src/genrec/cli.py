@@ -173,14 +173,14 @@ def train(params_path, overrides, **paths):
 @click.option("--base", "base_dir", required=True, type=folder(exists=True),
               help="Backbone checkpoint written by `genrec base_model`.")
 @click.option("--model", "model_dir", type=folder(exists=True), default=None,
-              help="Trained adapter folder (models/genrec); omit to evaluate the bare backbone.")
+              help="Trained adapter folder (models/<dataset>/genrec); omit to evaluate the bare backbone.")
 @click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
               help="Folder with valid/test.jsonl from `genrec prompts`.")
 @processed_option
 @results_options
 @click.option("--assistant", "assistant_dir", type=folder(exists=True), default=None,
-              help="SASRec model folder (models/sasrec): D3's text-free assistant, weighted by eval.assistant_weight; "
-                   "the metrics are then those of genrec+sasrec.")
+              help="SASRec model folder (models/<dataset>/sasrec): D3's text-free assistant, weighted by "
+                   "eval.assistant_weight; the metrics are then those of genrec+sasrec.")
 def evaluate(params_path, overrides, **paths):
     """Generative top-k (10-beam search, constrained to catalogue titles) and HR/NDCG for every user."""
     run_stage("evaluate", params_path, overrides, **paths)

@@ -393,7 +393,9 @@ class ReportParams:
 @dataclass(frozen=True)
 class Params:
     dataset: str = "ml-latest-small"
-    """Dataset name; also the folder name under data/."""
+    """The dataset a command works on; also its folder name under data/. dvc.yaml sets it per stage instance."""
+    datasets: list[str] = field(default_factory=lambda: ["ml-latest-small"])
+    """The datasets `dvc repro` builds side by side: dvc.yaml repeats every stage (but base_model) per name."""
     ingest: IngestParams = field(default_factory=IngestParams)
     split: SplitParams = field(default_factory=SplitParams)
     prompts: PromptsParams = field(default_factory=PromptsParams)
@@ -406,9 +408,13 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
 
     def problems(self) -> list[str]:
-        if "/" in self.dataset or "\\" in self.dataset or self.dataset in (".", ".."):
-            return [f"dataset: expected a plain folder name, e.g. ml-latest-small, got {self.dataset!r}"]
-        return []
+        out = [f"{key}: expected a plain folder name, e.g. ml-latest-small, got {name!r}"
+               for key, name in [("dataset", self.dataset), *(("datasets", d) for d in self.datasets)]
+               if "/" in name or "\\" in name or name in (".", "..")]
+        twice = sorted({d for d in self.datasets if self.datasets.count(d) > 1})
+        if twice:
+            out.append(f"datasets: {twice[0]!r} is listed twice")
+        return out
 
 
 # Range checks, for `problems()`: they run only on a section whose values all have the annotated types.

@@ -1,8 +1,8 @@
 """Evaluate stage: generative top-k for every user, HR/NDCG with intervals, integrity, predictions.
 
-    genrec evaluate --base models/base --model models/genrec --prompts data/prompts/<dataset> \\
-        --processed data/processed/<dataset> --metrics reports/metrics/genrec.json \\
-        --predictions reports/predictions/genrec.jsonl
+    genrec evaluate --base models/base --model models/<dataset>/genrec --prompts data/prompts/<dataset> \\
+        --processed data/processed/<dataset> --metrics reports/<dataset>/metrics/genrec.json \\
+        --predictions reports/<dataset>/predictions/genrec.jsonl
 
 Protocol (all of it in `params.eval`, and written beside the metrics): each user's prompt is built
 by `build_prompt` from the record's instruction and history with the template saved beside the

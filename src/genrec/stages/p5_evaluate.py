@@ -1,7 +1,7 @@
 """P5 evaluation stage: a 10-beam search constrained to real item ids, scored like GenRec.
 
-    genrec p5_evaluate --processed data/processed/<dataset> --model models/p5 \\
-        --metrics reports/metrics/p5.json --predictions reports/predictions/p5.jsonl
+    genrec p5_evaluate --processed data/processed/<dataset> --model models/<dataset>/p5 \\
+        --metrics reports/<dataset>/metrics/p5.json --predictions reports/<dataset>/predictions/p5.jsonl
 
 Every item id is one token, so a constrained beam is the item token then EOS; `genrec.p5_ranking`
 computes HF's beam search for that case directly (and runs HF `generate` for the unconstrained one).
@@ -83,8 +83,8 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
                         truncated=truncated, hopeless=hopeless,
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
-    metrics.update({"model": "p5", "device": model.device.type, "backbone": meta["backbone"], "indexing": meta["indexing"],
-                    "split_fingerprint": split_hash,
+    metrics.update({"model": "p5", "device": model.device.type, "backbone": meta["backbone"],
+                    "indexing": meta["indexing"], "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})
     write_predictions(predictions_path, [

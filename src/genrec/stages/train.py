@@ -3,8 +3,8 @@
 Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/accelerate/):
 
     accelerate launch --config_file configs/accelerate/cpu.yaml -m genrec.cli train \\
-        --base models/base --prompts data/prompts/ml-latest-small \\
-        --processed data/processed/ml-latest-small --out models/genrec --curve reports/learning_curve
+        --base models/base --prompts data/prompts/<dataset> --processed data/processed/<dataset> \\
+        --out models/<dataset>/genrec --curve reports/<dataset>/learning_curve
 
 `genrec train ...` without the launcher runs the same thing in one process.
 

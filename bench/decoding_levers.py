@@ -1,6 +1,6 @@
 """Decoding levers measured on validation users: one trained adapter, each option one evaluate run.
 
-    python bench/decoding_levers.py                       # models/genrec, 200 validation users
+    python bench/decoding_levers.py                       # models/<dataset>/genrec, 200 validation users
     python bench/decoding_levers.py --users 610 --variants hf,ghost-0.9,sasrec-1.0
 
 Every variant is `genrec evaluate` (the stage's own `run`, the same protocol as `dvc repro`) with
@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--base", type=Path, default=Path("models/base"))
-    parser.add_argument("--model", type=Path, default=Path("models/genrec"))
-    parser.add_argument("--sasrec", type=Path, default=Path("models/sasrec"))
+    parser.add_argument("--model", type=Path, help="adapter folder [default: models/<dataset>/genrec]")
+    parser.add_argument("--sasrec", type=Path, help="SASRec folder [default: models/<dataset>/sasrec]")
     parser.add_argument("--users", type=int, default=200, help="seeded sample of validation users")
     parser.add_argument("--variants", default="hf,lp-0,ghost-0.9,ghost-0.5,sasrec-0.5,sasrec-1.0,ghost-0.9+sasrec-1.0")
     args = parser.parse_args()
@@ -52,6 +52,8 @@ def main() -> None:
     from genrec.stages import evaluate
 
     params = load_params(args.params, [*args.overrides, f"eval.max_users={args.users}"])
+    args.model = args.model or Path("models") / params.dataset / "genrec"
+    args.sasrec = args.sasrec or Path("models") / params.dataset / "sasrec"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):

@@ -1,7 +1,7 @@
 """CPU evaluation benchmark: genrec's batched beam search vs HF generate one user at a time.
 
     python bench/eval_cpu.py                      # models/base (pretrained SmolLM2-135M), 32 test users
-    python bench/eval_cpu.py --users 64 --model models/genrec --batch-size 32
+    python bench/eval_cpu.py --users 64 --model models/ml-latest-small/genrec --batch-size 32
 
 Both sides get the same prompts (built as the evaluate stage builds them), the same catalogue trie
 and the settings of params.yaml's `eval` section (num_beams, length_penalty, early_stopping); HF

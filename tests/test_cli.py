@@ -50,3 +50,29 @@ def test_bad_override_is_a_usage_error_naming_the_key(tmp_path):
     assert result.exit_code == 2
     assert "split.user_core" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_badly_typed_override_exits_2_with_one_line_naming_the_key(tmp_path):
+    """`--set prompts.seed=abc` is refused before the stage runs: exit 2, one error line, no traceback."""
+    (tmp_path / "processed").mkdir()
+    result = CliRunner().invoke(main, [
+        "prompts", "--processed", str(tmp_path / "processed"), "--out", str(tmp_path / "out"),
+        "--set", "prompts.seed=abc",
+    ])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: params.yaml: prompts.seed: expected an integer, got 'abc'"], result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_params_file_with_a_yaml_syntax_error_exits_2_naming_the_line(tmp_path):
+    (tmp_path / "processed").mkdir()
+    (tmp_path / "params.yaml").write_text("split:\n  user_core: [5\n")
+    result = CliRunner().invoke(main, [
+        "prompts", "--params", str(tmp_path / "params.yaml"), "--processed", str(tmp_path / "processed"),
+        "--out", str(tmp_path / "out"),
+    ])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {tmp_path / 'params.yaml'}, line 3: not valid YAML" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)

@@ -3,21 +3,182 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
 from genrec.params import Params, ParamsError, load_params, to_dict
 
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
-def test_params_yaml_loads_with_defaults_matching_dataclasses(root):
-    params = load_params(root / "params.yaml")
-    assert isinstance(params, Params)
-    assert params.dataset == "ml-latest-small"
+
+def leaves(data: dict, prefix: str = "") -> dict:
+    """{"train.lora.r": 16, ...}: every leaf of a nested mapping under its dotted key."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def typed(value):
+    """The value with its kind, so that True does not equal 1 (an int and a float of one value still do)."""
+    kind = "bool" if isinstance(value, bool) else "number" if isinstance(value, (int, float)) else type(value)
+    return kind, value
+
+
+def test_params_yaml_states_every_default_of_the_dataclasses(root):
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    # Every section in params.yaml is a dataclass field, and every dataclass section is in params.yaml.
-    assert set(raw) == {f.name for f in dataclasses.fields(Params)}
-    assert to_dict(params) == to_dict(Params())  # the defaults in params.yaml are the dataclasses' defaults
+    in_yaml = {key: typed(value) for key, value in leaves(raw).items()}
+    in_dataclasses = {key: typed(value) for key, value in leaves(to_dict(Params())).items()}
+    assert in_yaml == in_dataclasses  # every key in both, and every value equal
+    assert load_params(root / "params.yaml") == Params()
+
+
+def field_type(dotted: str):
+    """The annotation of a params.yaml key, e.g. `int | None` for train.max_steps."""
+    cls = Params
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    return typing.get_type_hints(cls)[name]
+
+
+def wrong_values(hint) -> list:
+    """Values no field of this annotation may take: a mapping always, a bool unless the field takes booleans,
+    text for a bool, text for numbers, a list of a bool for a list."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    values = [{"nested": 1}, "maybe" if bool in members else True]
+    if int in members or float in members:
+        values.append("abc")
+    if any(typing.get_origin(member) is list for member in members):
+        values.append([True])
+    return values
+
+
+@pytest.mark.parametrize("key", sorted(leaves(yaml.safe_load(PARAMS_YAML.read_text()))))
+def test_every_key_refuses_a_value_of_the_wrong_type(key, tmp_path):
+    """Walks every leaf of params.yaml, so that a key added later is covered without a new test."""
+    for value in wrong_values(field_type(key)):
+        raw = yaml.safe_load(PARAMS_YAML.read_text())
+        *sections, name = key.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[name] = value
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ParamsError) as err:
+            load_params(path)
+        message = str(err.value)
+        assert f" {key}: " in message or f" {key}=" in message, f"{key}={value!r}: {message}"
+        assert "\n" not in message, message
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("split.min_rating=abc", "split.min_rating: expected a number or null, got 'abc'"),
+    ("split.user_core=true", "split.user_core: expected an integer, got True"),
+    ("split.user_core=2.5", "split.user_core: expected an integer, got 2.5"),
+    ("train.batch_size=true", "train.batch_size: expected an integer, got True"),
+    ("train.lora.r=true", "train.lora.r: expected an integer, got True"),
+    ("p5.dropout=false", "p5.dropout: expected a number, got False"),
+    ("prompts.seed=abc", "prompts.seed: expected an integer, got 'abc'"),
+    ("prompts.seed=-1", "prompts.seed: expected an integer >= 0, got -1"),
+    ("prompts.train_targets=some", "prompts.train_targets: expected an integer or all, got 'some'"),
+    ("eval.constrained=1", "eval.constrained: expected true or false, got 1"),
+    ("eval.early_stopping=1", "eval.early_stopping: expected true, false or never, got 1"),
+    ("eval.k=[5, ten]", "eval.k: expected a non-empty list of integers, got [5, 'ten']"),
+    ("eval.ghost_threshold=1", "eval.ghost_threshold: expected a probability in (0, 1)"),
+    ("train.bf16=sometimes", "train.bf16: expected auto, true or false, got 'sometimes'"),
+    ("train.learning_rate=0", "train.learning_rate: expected a number > 0, got 0"),
+    ("train.learning_rate=.nan", "train.learning_rate: expected a number, got nan"),
+    ("train.lora.target_modules=[]", "train.lora.target_modules: expected a non-empty list of non-empty strings"),
+    ("sasrec.dropout=1", "sasrec.dropout: expected a number in [0, 1), got 1"),
+    ("model.base=yes", "model.base: expected a non-empty string, got True; quote it"),
+    ("dataset=a/b", "dataset: expected a plain folder name"),
+    ("dataset=.", "dataset: expected a plain folder name"),
+    ("dataset=..", "dataset: expected a plain folder name"),
+    ("dataset=a\\b", "dataset: expected a plain folder name"),
+    ("p5.indexing=leaky", "p5.indexing='leaky': use one of random, sequential"),
+    ("split.usercore=3", "split.usercore: unknown key; did you mean split.user_core?"),
+    ("train.lora.rank=8", "train.lora.rank: unknown key"),
+])
+def test_a_bad_value_is_one_line_naming_the_key(root, override, expected):
+    with pytest.raises(ParamsError) as err:
+        load_params(root / "params.yaml", [override])
+    message = str(err.value)
+    assert message.startswith(f"{root / 'params.yaml'}: {expected}")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("override, attribute, value", [
+    ("split.user_core=10.0", "split.user_core", 10),  # an integral float is an int
+    ("split.min_rating=4", "split.min_rating", 4),  # an int is a float
+    ("train.learning_rate=3e-4", "train.learning_rate", 3e-4),  # PyYAML reads 3e-4 as text
+    ("train.bf16=true", "train.bf16", True),
+    ("eval.early_stopping=never", "eval.early_stopping", "never"),
+    ("prompts.train_targets=all", "prompts.train_targets", "all"),
+    ("ingest.url=null", "ingest.url", None),
+    ("train.lora.target_modules=[q_proj, v_proj]", "train.lora.target_modules", ["q_proj", "v_proj"]),
+])
+def test_good_values_are_accepted_as_the_field_type(root, override, attribute, value):
+    got = functools.reduce(getattr, attribute.split("."), load_params(root / "params.yaml", [override]))
+    assert got == value and type(got) is type(value)
+
+
+def test_a_badly_typed_value_does_not_also_fail_the_checks_that_use_it(root):
+    """micro_batch_size=abc is the one problem; the multiple-of check does not run on a stand-in value."""
+    with pytest.raises(ParamsError) as err:
+        load_params(root / "params.yaml", ["train.micro_batch_size=abc", "train.batch_size=12"])
+    assert str(err.value).endswith("train.micro_batch_size: expected an integer, got 'abc'")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("split:\n  user_core: [5\n", "line 3: not valid YAML"),
+    ("split:\n  user_core: 5\n   item_core: 5\n", "line 3: not valid YAML"),
+    ("split:\n  user_core: 5\n  user_core: 6\n", "line 3: not valid YAML: duplicate key 'user_core'"),
+    ("", "empty"),
+    ("# only a comment\n", "empty"),
+    ("- split\n- train\n", "expected a mapping of sections (dataset, split, train, ...), got a list"),
+    ("ml-latest-small\n", "expected a mapping of sections (dataset, split, train, ...), got a str"),
+])
+def test_a_broken_params_file_is_a_params_error_naming_file_and_line(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}")
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("split.user_core", "expected key=value"),
+    ("=5", "expected key=value"),
+    ("split..user_core=5", "expected key=value"),
+    ("eval.k=[5,", "the value is not valid YAML"),
+    ("dataset.name=x", "dataset is not a section"),
+])
+def test_a_malformed_override_is_a_params_error(root, override, expected):
+    with pytest.raises(ParamsError, match=expected):
+        load_params(root / "params.yaml", [override])
+
+
+def test_an_override_fills_a_section_left_empty(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("dataset: ml-latest-small\nsplit:\n")
+    assert load_params(path, ["split.user_core=7"]).split == dataclasses.replace(Params().split, user_core=7)
+
+
+def test_an_unreadable_params_file_is_a_params_error(tmp_path):
+    with pytest.raises(ParamsError, match="cannot be read"):
+        load_params(tmp_path)  # a directory
 
 
 def test_overrides_are_parsed_as_yaml(root):
@@ -48,8 +209,10 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 def test_dvc_yaml_params_exist_in_params_yaml(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    used = set()
+    used = {"datasets", "dataset"}  # foreach: ${datasets}; each instance's command sets dataset
     for name, stage in stages.items():
+        assert stage.get("foreach", "${datasets}") == "${datasets}", name
+        stage = stage.get("do", stage)
         for entry in stage.get("params", []):
             keys = entry if isinstance(entry, str) else next(iter(entry))
             node = raw
@@ -63,6 +226,9 @@ def test_dvc_yaml_params_exist_in_params_yaml(root):
 def test_dvc_yaml_stages_call_the_cli_and_list_their_module(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        if name != "base_model":  # dataset-independent; every other stage runs per dataset
+            assert "--set dataset=${item}" in stage["cmd"], name
         words = stage["cmd"].split()
         at = next(i for i, w in enumerate(words) if w in ("genrec", "genrec.cli"))
         command = words[at + 1]

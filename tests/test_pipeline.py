@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-DATA_STAGES = ["ingest", "split", "prompts"]
+DATASET = "ml-latest-small"  # params.yaml `datasets`: every stage but base_model runs as <stage>@<dataset>
+DATA_STAGES = [f"{stage}@{DATASET}" for stage in ("ingest", "split", "prompts")]
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:
@@ -61,15 +62,15 @@ def test_repro_twice_then_param_change_reruns_split_and_prompts_only(repo):
     md5s = _data_md5s(repo)
     forced = _run(["dvc", "repro", "--force", "--single-item", "split"], repo, env)
     forced += _run(["dvc", "repro", "--force", "--single-item", "prompts"], repo, env)
-    assert "Running stage 'split'" in forced and "Running stage 'prompts'" in forced  # really rerun, not cached
+    assert f"Running stage 'split@{DATASET}'" in forced and f"Running stage 'prompts@{DATASET}'" in forced  # not cached
     assert _data_md5s(repo) == md5s, "a rerun with the same inputs and seed changed an output"
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["split"]["item_core"] = 10
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run(["dvc", "repro", "prompts"], repo, env)
-    assert "Running stage 'ingest'" not in third
-    assert "Running stage 'split'" in third and "Running stage 'prompts'" in third
+    assert f"Running stage 'ingest@{DATASET}'" not in third
+    assert f"Running stage 'split@{DATASET}'" in third and f"Running stage 'prompts@{DATASET}'" in third
 
 
 def _readme_exp_show_keep(root: Path) -> list[str]:
@@ -85,13 +86,14 @@ def test_readme_exp_show_keeps_the_genrec_ranking_metrics(root):
     column is `<file>:<key>`; the README's filter must still select GenRec's HR@10 and NDCG@10."""
     keep = re.compile("|".join(_readme_exp_show_keep(root)))
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    columns = [f"{path}:{key}" for name in ("evaluate", "evaluate_valid", "mostpop")
-               for path in stages[name]["metrics"] for key in ("hr_at_10", "ndcg_at_10", "ci95_low.hr_at_10")]
+    columns = [f"{path.replace('${item}', DATASET)}:{key}" for name in ("evaluate", "evaluate_valid", "mostpop")
+               for path in stages[name]["do"]["metrics"] for key in ("hr_at_10", "ndcg_at_10", "ci95_low.hr_at_10")]
     kept = [column for column in columns if keep.match(column)]
-    assert kept == ["reports/metrics/genrec.json:hr_at_10", "reports/metrics/genrec.json:ndcg_at_10",
-                    "reports/metrics_valid/genrec.json:hr_at_10", "reports/metrics_valid/genrec.json:ndcg_at_10"]
+    prefix = f"reports/{DATASET}"
+    assert kept == [f"{prefix}/metrics/genrec.json:hr_at_10", f"{prefix}/metrics/genrec.json:ndcg_at_10",
+                    f"{prefix}/metrics_valid/genrec.json:hr_at_10", f"{prefix}/metrics_valid/genrec.json:ndcg_at_10"]
     assert keep.match("Experiment") and keep.match("train.lora.r") and keep.match("train.lora.alpha")
-    assert not keep.match("train.lora.dropout") and not keep.match("reports/metrics/p5.json:hr_at_10")
+    assert not keep.match("train.lora.dropout") and not keep.match(f"{prefix}/metrics/p5.json:hr_at_10")
 
 
 def test_exp_run_records_params_and_ranking_metrics_per_experiment(repo):
@@ -113,7 +115,7 @@ def test_exp_run_records_params_and_ranking_metrics_per_experiment(repo):
 
     def values(row):
         data = row["data"]
-        metrics = data["metrics"]["reports/metrics/mostpop.json"]["data"]
+        metrics = data["metrics"][f"reports/{DATASET}/metrics/mostpop.json"]["data"]
         return data["params"]["params.yaml"]["data"]["split"]["item_core"], metrics
 
     core, metrics = values(experiment)
@@ -122,3 +124,33 @@ def test_exp_run_records_params_and_ranking_metrics_per_experiment(repo):
     for key in ("hr_at_10", "ndcg_at_10"):
         assert 0 < metrics[key] <= 1 and 0 < base_metrics[key] <= 1
     assert metrics["hr_at_10"] != base_metrics["hr_at_10"], "the experiment did not rerun on its own split"
+
+
+def test_a_second_dataset_builds_beside_the_first_and_touches_nothing_of_it(repo):
+    """`datasets: [ml-latest-small, tinyset]`: `dvc repro prompts@tinyset` runs tinyset's stages only, writes
+    keyed outputs, and leaves ml-latest-small's data and reports as they were."""
+    repo, env = repo
+    _run(["git", "checkout", "--", "params.yaml"], repo, env)
+    _run(["dvc", "repro", "prompts"], repo, env)
+    before = _data_md5s(repo)
+    raw = repo / "data" / "raw" / "tinyset"
+    raw.mkdir(parents=True)
+    # 12 users x 8 items (all of them), one more item without a title: dropped with its interactions.
+    rows = [f"u{u},i{i},{100 * u + i}" for u in range(12) for i in range(8)] + ["u0,untitled,5000"]
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    (raw / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Item {i}\n" for i in range(8)) + "untitled,\n")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["datasets"] = [DATASET, "tinyset"]
+    params["ingest"]["drop_untitled"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = _run(["dvc", "repro", "prompts@tinyset"], repo, env)
+        ran = re.findall(r"Running stage '([^']+)'", out)
+        assert ran == ["ingest@tinyset", "split@tinyset", "prompts@tinyset"]
+        assert len((repo / "data/prompts/tinyset/test.jsonl").read_text().splitlines()) == 12
+        assert json.loads((repo / "reports/tinyset/split_stats.json").read_text())["items"] == 8
+        assert json.loads((repo / "data/interim/tinyset/manifest.json").read_text())["rows"]["items"] == 8
+        assert _data_md5s(repo) == before  # ml-latest-small's lock entries unchanged
+        assert (repo / f"reports/{DATASET}/split_stats.json").exists()
+    finally:
+        _run(["git", "checkout", "--", "params.yaml"], repo, env)

@@ -249,3 +249,23 @@ def test_packed_rows_never_attend_across_documents():
     torch.testing.assert_close(logits[0, :len(a)], alone_a, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[0, len(a):len(a) + len(b)], alone_b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[1, :len(b)], alone_b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
+    """The README's paper command for `4gpu` gives accumulation 8; the defaults stop with both keys named."""
+    import re
+
+    import yaml
+
+    from genrec.params import load_params
+
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    command = re.search(r"`(dvc exp run -S train\.accelerate_profile=4gpu[^`]*)`", readme).group(1)
+    overrides = re.findall(r"-S (\S+)", command)
+    params = load_params(root / "params.yaml", overrides)
+    processes = yaml.safe_load((root / "configs" / "accelerate" / f"{params.train.accelerate_profile}.yaml").read_text())
+    assert processes["num_processes"] == 4
+    assert sft.accumulation_steps(params.train, processes["num_processes"]) == 8
+    with pytest.raises(DataError, match=r"train\.batch_size=8 .* micro_batch_size") as err:
+        sft.accumulation_steps(load_params(root / "params.yaml").train, processes["num_processes"])
+    assert "\n" not in str(err.value) and "train.micro_batch_size" in str(err.value)

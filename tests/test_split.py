@@ -128,3 +128,19 @@ def test_stats_on_hand_data():
                                                    "max": 5})
     assert out["sparsity"] == pytest.approx(1 - 8 / 10)
     assert out["dropped"] == {"k_core": 0}
+
+
+def test_repeat_targets_count_targets_already_in_the_history():
+    from genrec.split import leave_one_out, order_chronologically, repeat_targets
+
+    frame = pd.DataFrame({
+        # a: test item 1 is in its train part; b: valid item 5 is in its train part, test item 6 is new;
+        # c: test item 8 repeats its valid item.
+        "user_id": ["a"] * 4 + ["b"] * 4 + ["c"] * 3,
+        "item_id": ["1", "2", "3", "1", "4", "5", "5", "6", "7", "8", "8"],
+        "timestamp": [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3],
+    })
+    parts = leave_one_out(order_chronologically(frame))
+    assert repeat_targets(parts) == {"valid_targets_in_history": 1, "test_targets_in_history": 2}
+    categorical = {name: part.astype({"user_id": "category", "item_id": "category"}) for name, part in parts.items()}
+    assert repeat_targets(categorical) == {"valid_targets_in_history": 1, "test_targets_in_history": 2}

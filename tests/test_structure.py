@@ -76,6 +76,7 @@ def missing_and_extra_deps(dvc: dict, src: Path) -> list[str]:
     """One line per stage whose deps miss a module of its import closure, or list one outside it."""
     problems = []
     for name, stage in dvc["stages"].items():
+        stage = stage.get("do", stage)  # a foreach stage: its template
         closure = import_closure(stage_module(stage["cmd"]), src) - set(NOT_DEPS)
         listed = {d.removeprefix("src/genrec/") for d in stage.get("deps", []) if d.startswith("src/genrec/")}
         for module in sorted(closure - listed):
@@ -124,7 +125,7 @@ def test_not_deps_names_real_modules(src):
 
 def test_a_removed_dep_is_named(dvc, src):
     mutated = copy.deepcopy(dvc)
-    mutated["stages"]["mostpop"]["deps"].remove("src/genrec/metrics.py")
+    mutated["stages"]["mostpop"]["do"]["deps"].remove("src/genrec/metrics.py")
     assert missing_and_extra_deps(mutated, src) == [
         "stage mostpop: deps miss src/genrec/metrics.py (imported, transitively)"]
 

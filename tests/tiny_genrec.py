@@ -131,3 +131,15 @@ def promote(w: dict, name: str, seed: int, valid_ranks: list, test_ranks: list, 
                   out_path=folder / "promotion.json")
     kwargs.update(paths)
     return stage.run(w["params"], **kwargs)
+
+
+def write_interim(folder: Path, rows: list[tuple], titles: list[str]) -> Path:
+    """The ingest stage's canonical tables: (user_id, item_id, timestamp, rating) rows; items "0".."n-1"."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_parquet(
+        folder / "interactions.parquet", index=False)
+    pd.DataFrame({"item_id": [str(i) for i in range(len(titles))], "title": titles}).to_parquet(
+        folder / "items.parquet", index=False)
+    return folder

@@ -34,13 +34,28 @@ def load(params_path: Path, overrides: tuple[str, ...]):
 
 
 def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], **paths) -> dict:
-    """Validate params first (cheap), then import the stage module and call its `run()`."""
+    """Validate params first (cheap), then import the stage module and call its `run()`.
+
+    The stage's outputs are locked for the whole run (`io.output_lock`), so a second run on the same
+    outputs stops at once with a one-line message. Outputs are the command's path options that need not
+    exist (inputs say `exists=True`) and are not read from the environment (`--mirror`). Under
+    `accelerate launch` only rank 0 locks: the other ranks write nothing.
+    """
+    import os
+
     params = load(params_path, overrides)
     from genrec.errors import DataError
+    from genrec.io import output_lock
 
+    ctx = click.get_current_context(silent=True)
+    outputs = [] if ctx is None or os.environ.get("RANK", "0") != "0" else [
+        paths[option.name] for option in ctx.command.params
+        if isinstance(option.type, click.Path) and not option.type.exists and option.envvar is None
+        and paths.get(option.name) is not None]
     stage = importlib.import_module(f"genrec.stages.{name}")
     try:
-        return stage.run(params, **paths)
+        with output_lock(*outputs):
+            return stage.run(params, **paths)
     except DataError as err:
         raise click.ClickException(str(err)) from None
 
@@ -158,14 +173,14 @@ def train(params_path, overrides, **paths):
 @click.option("--base", "base_dir", required=True, type=folder(exists=True),
               help="Backbone checkpoint written by `genrec base_model`.")
 @click.option("--model", "model_dir", type=folder(exists=True), default=None,
-              help="Trained adapter folder (models/genrec); omit to evaluate the bare backbone.")
+              help="Trained adapter folder (models/<dataset>/genrec); omit to evaluate the bare backbone.")
 @click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
               help="Folder with valid/test.jsonl from `genrec prompts`.")
 @processed_option
 @results_options
 @click.option("--assistant", "assistant_dir", type=folder(exists=True), default=None,
-              help="SASRec model folder (models/sasrec): D3's text-free assistant, weighted by eval.assistant_weight; "
-                   "the metrics are then those of genrec+sasrec.")
+              help="SASRec model folder (models/<dataset>/sasrec): D3's text-free assistant, weighted by "
+                   "eval.assistant_weight; the metrics are then those of genrec+sasrec.")
 def evaluate(params_path, overrides, **paths):
     """Generative top-k (10-beam search, constrained to catalogue titles) and HR/NDCG for every user."""
     run_stage("evaluate", params_path, overrides, **paths)

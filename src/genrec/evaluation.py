@@ -30,12 +30,17 @@ RECORD_KEYS = ("user_id", "instruction", "history_titles", "target_item_id")
 
 def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogue, prompts: list[list[int]],
                  excluded: list[list[int]], e: EvalParams, progress: bool = True, assistant=None,
-                 histories: list[list[str]] | None = None) -> tuple[list[list[dict]], float, int]:
+                 histories: list[list[str]] | None = None, state=None) -> tuple[list[list[dict]], float, int]:
     """Each user's ranked list (`ranked_entries`), the decoding seconds and the generated-token cap.
 
     Users whose history already covers the whole catalogue are not decoded: their list stays empty.
     With an `assistant` (`genrec.assist.SasrecAssistant`) and `e.assistant_weight`, its title
     probabilities for each user's `histories` (item ids) are mixed into the search.
+
+    With an accelerate `state` of several processes (`processes`), each process decodes a contiguous
+    block of whole `e.batch_size` batches, the very batches one process would form, so every user's list
+    is computed with the same padding and shapes as in a single process; the lists are then gathered,
+    on every process. The seconds are then the wall time of all of it.
     """
     from genrec.decoding import ranked_beams
     from genrec.trie import build_title_trie
@@ -56,15 +61,27 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
         from genrec.trie import node_log_mass
 
         def node_prior(chunk: list[int]):
-            return node_log_mass(trie, assistant.title_probs([histories[todo[i]] for i in chunk]))
+            return node_log_mass(trie, assistant.title_probs([histories[mine[i]] for i in chunk]))
+    mine = todo
+    if state is not None:
+        state.wait_for_everyone()
+        with state.split_between_processes([todo[b:b + e.batch_size] for b in range(0, len(todo), e.batch_size)]) \
+                as batches:
+            mine = [i for batch in batches for i in batch]
     start = time.perf_counter()
-    beams = ranked_beams(model, [prompts[i] for i in todo], settings, trie=trie,
-                         excluded=[excluded[i] for i in todo] if trie is not None else None,
+    beams = ranked_beams(model, [prompts[i] for i in mine], settings, trie=trie,
+                         excluded=[excluded[i] for i in mine] if trie is not None else None,
                          batch_size=e.batch_size, progress=progress, node_prior=node_prior)
+    decoded = [(i, ranked_entries(hyps, catalogue, tokenizer, constrained=trie is not None))
+               for i, hyps in zip(mine, beams)]
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        decoded = gather_object(decoded)
     seconds = time.perf_counter() - start
     lists: list[list[dict]] = [[] for _ in prompts]
-    for i, hyps in zip(todo, beams):
-        lists[i] = ranked_entries(hyps, catalogue, tokenizer, constrained=trie is not None)
+    for i, entries in decoded:
+        lists[i] = entries
     return lists, seconds, settings.max_new_tokens
 
 
@@ -101,29 +118,36 @@ def read_catalogue(path: Path) -> Catalogue:
         raise DataError(str(err), path=path, fix="the split left no items; check split.user_core/item_core") from None
 
 
-def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype: str):
+def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype: str, device: str = "auto"):
     """Backbone plus merged adapter, its tokenizer and the prompt template it was trained with.
 
-    Returns:
-        (model in eval mode, tokenizer, PromptTemplate).
-    """
-    from genrec.backbone import load_backbone
+    Args:
+        device: `eval.device` (auto | cpu | cuda; see `backbone.inference_device`).
 
+    Returns:
+        (model in eval mode on its device, tokenizer, PromptTemplate).
+    """
+    from genrec.backbone import inference_device, load_backbone
+
+    target = inference_device(device)
     model, tokenizer = load_backbone(base_dir, dtype=None if dtype == "auto" else dtype)
     if model_dir is None:
         log.info("no adapter: evaluating the bare backbone with %s", prompts_dir / "template.json")
-        return model.eval(), tokenizer, _template(prompts_dir / "template.json")
+        return model.to(target).eval(), tokenizer, _template(prompts_dir / "template.json")
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
+    if not (model_dir / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
+        raise DataError("no adapter_model.safetensors", path=model_dir,
+                        fix="genrec loads safetensors weights only; run `genrec train` (dvc repro train)")
     check_same_backbone(base_dir, model_dir, model)
     template = _template(model_dir / "template.json")
     if (model_dir / "tokenizer_config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     # Merging folds the LoRA product into the weights once, so decoding runs the plain model.
     model = PeftModel.from_pretrained(model, model_dir, is_trainable=False).merge_and_unload()
-    return model.eval(), tokenizer, template
+    return model.to(target).eval(), tokenizer, template
 
 
 def _template(path: Path) -> PromptTemplate:
@@ -261,3 +285,18 @@ def beam_settings(e: EvalParams, tokenizer, end: int, token_ids: list[list[int]]
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id, or EOS where it has none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def processes(device):
+    """The accelerate state when `accelerate launch` started several processes (`WORLD_SIZE` > 1), else None.
+
+    CPU processes join over gloo (`PartialState(cpu=True)`), GPU ones over NCCL; `decode_lists` shards
+    the users between them and gathers the lists.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.type == "cpu")

@@ -228,7 +228,7 @@ def build_model(p: P5Params, texts: Sequence[str], n_items: int):
     log.info("P5 backbone %s: pretrained weights (a hub id needs network access, or a local copy)", p.backbone)
     tokenizer = AutoTokenizer.from_pretrained(p.backbone)
     tokenizer.add_tokens([item_token(n) for n in range(1, n_items + 1)])
-    model = T5ForConditionalGeneration.from_pretrained(p.backbone, dropout_rate=p.dropout)
+    model = T5ForConditionalGeneration.from_pretrained(p.backbone, dropout_rate=p.dropout, use_safetensors=True)
     model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer, Path(p.backbone).name if Path(p.backbone).exists() else p.backbone
 

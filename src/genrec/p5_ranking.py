@@ -14,18 +14,25 @@ from typing import Sequence
 
 import numpy as np
 
+from genrec.errors import DataError
 from genrec.params import EvalParams
 
 
-def load_model(model_dir: Path, dtype: str):
-    """(T5 in eval mode on the GPU if there is one, its tokenizer)."""
+def load_model(model_dir: Path, dtype: str, device: str = "auto"):
+    """(T5 in eval mode on `eval.device` (auto: the GPU if there is one), its tokenizer)."""
     import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+    from genrec.backbone import inference_device
+
+    model_dir = Path(model_dir)
+    if not any((model_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise DataError("no model.safetensors", path=model_dir,
+                        fix="genrec loads safetensors weights only (never pickles); run `genrec p5_train`")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = T5ForConditionalGeneration.from_pretrained(model_dir, local_files_only=True,
+    model = T5ForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
                                                        dtype=None if dtype == "auto" else getattr(torch, dtype))
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+    return model.to(inference_device(device)).eval(), tokenizer
 
 
 def rank_users(model, inputs: list[list[int]], item_tokens: np.ndarray, excluded, e: EvalParams,

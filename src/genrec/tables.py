@@ -169,6 +169,25 @@ def check_interactions(table: pa.Table, path: Path, rows: np.ndarray | None = No
                             column=names.get(column, column), fix=fix)
 
 
+MAX_TITLE_CHARS = 1000
+"""Titles longer than this (after normalisation) are cut at the last word boundary before it, and counted.
+Real catalogues stay far below it (ml-latest-small: 158 characters, Amazon Toys: 542); a title of
+megabytes would otherwise be copied into every prompt that shows it."""
+
+
+def truncate_titles(items: pd.DataFrame, limit: int = MAX_TITLE_CHARS) -> tuple[pd.DataFrame, int]:
+    """(items with every title at most `limit` characters, how many were cut)."""
+    long = items["title"].str.len() > limit
+    if not long.any():
+        return items, 0
+
+    def cut(title: str) -> str:
+        head = title[:limit + 1]
+        return (head.rsplit(" ", 1)[0] if " " in head else head)[:limit].rstrip()
+
+    return items.assign(title=items["title"].where(~long, items["title"][long].map(cut))), int(long.sum())
+
+
 def normalise_title(title) -> str:
     """HTML entities unescaped (`&amp;` -> `&`) and runs of whitespace collapsed to one space."""
     if not isinstance(title, str):

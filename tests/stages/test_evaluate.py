@@ -107,6 +107,7 @@ def test_constrained_run_writes_valid_lists_and_is_reproducible(world, tmp_path)
     assert metrics["users"] == USERS and metrics["valid_beam_share"] == 1.0
     assert metrics["duplicate_beam_share"] == 0.0 and metrics["users_without_candidates"] == 0
     assert metrics["shared_titles"] == 1 and metrics["protocol"]["constrained"] is True
+    assert metrics["device"] == ("cuda" if torch_cuda() else "cpu") and metrics["processes"] == 1
     predictions = read_predictions(tmp_path / "a" / "predictions.jsonl")
     owned = {}
     for name in ("train", "valid"):
@@ -236,3 +237,59 @@ def test_unconstrained_beams_match_titles_exactly_after_whitespace_normalisation
     first, second = evaluation.ranked_entries(hyps, catalogue, tokenizer, constrained=False)
     assert first == {"title": SHARED, "item_ids": [str(len(TITLES)), str(len(TITLES) + 1)], "score": -1.0}
     assert second == {"title": None, "item_ids": [], "score": -2.0, "text": "Heat 3"}
+
+
+def test_pickled_adapter_weights_are_refused(world, tmp_path):
+    """PEFT would load adapter_model.bin (a pickle) when the safetensors file is missing; genrec refuses."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(DataError, match="no adapter_model.safetensors"):
+        run(world, tmp_path, model_dir=adapter)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("batch_size", [4, 16])  # 2 batches: one per process; 1 batch: the second process idles
+def test_two_processes_give_the_single_process_lists(world, tmp_path, root, batch_size):
+    """`accelerate launch` with 2 CPU processes (gloo): users sharded, lists gathered, files written once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from genrec.params import to_dict
+
+    one = tmp_path / "one"
+    run(world, one, params(one, batch_size=batch_size), model_dir=world["adapter"])
+    two = tmp_path / "two"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params(two, batch_size=batch_size))))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu2.yaml"),
+         "--main_process_port", str(port), "-m", "genrec.cli", "evaluate", "--params", str(tmp_path / "params.yaml"),
+         "--base", str(world["base"]), "--model", str(world["adapter"]), "--prompts", str(world["prompts"]),
+         "--processed", str(world["processed"]), "--metrics", str(two / "metrics.json"),
+         "--predictions", str(two / "predictions.jsonl")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_predictions(two / "predictions.jsonl") == read_predictions(one / "predictions.jsonl")
+    single, double = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert (single["processes"], double["processes"]) == (1, 2)
+    ignored = (*TIMING, "processes")
+    assert {k: v for k, v in double.items() if k not in ignored} == {k: v for k, v in single.items() if k not in ignored}
+    assert sorted(p.name for p in two.iterdir()) == ["metrics.json", "predictions.jsonl"]  # written once, no leftovers

@@ -120,3 +120,36 @@ def test_no_source_and_incomplete_raw_dir_are_refused(tmp_path):
     with pytest.raises(DataError, match="holds files, but not"):
         ingest.run(params("my-data"), raw_dir=raw, out_dir=tmp_path / "out", mirror=None)
     assert (raw / "interactions.csv").exists()  # never deleted
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("interactions.csv", "user_id,item_id,timestamp\n", r"interactions.csv: no interactions"),
+    ("interactions.csv", "", r"interactions.csv"),
+    ("items.csv", "item_id,title\n", r"items.csv"),
+])
+def test_an_empty_file_is_refused_and_the_previous_output_kept(tmp_path, name, text, message):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for file, content in GENERIC.items():
+        (raw / file).write_text(content)
+    ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (raw / name).write_text(text)
+    with pytest.raises(DataError, match=message):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_huge_title_is_cut_at_a_word_boundary_and_counted(tmp_path):
+    from genrec.tables import MAX_TITLE_CHARS
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    huge = "word " * 400_000  # 2 MB
+    (raw / "interactions.csv").write_text(GENERIC["interactions.csv"])
+    (raw / "items.csv").write_text(f'item_id,title\na,A\nb,"{huge}"\n')
+    ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    titles = pd.read_parquet(out / "items.parquet").set_index("item_id")["title"]
+    assert titles["a"] == "A"
+    assert len(titles["b"]) <= MAX_TITLE_CHARS and titles["b"].endswith("word") and huge.startswith(titles["b"])
+    assert manifest(out)["titles_truncated"] == 1 and manifest(out)["max_title_chars"] == MAX_TITLE_CHARS

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from genrec import p5
 from genrec.errors import DataError
@@ -75,6 +76,7 @@ def test_evaluate_writes_genrec_format_and_beats_random(trained):
     metrics = evaluate(tmp)
     written = json.loads((tmp / "test.json").read_text())
     assert written["model"] == "p5" and written["backbone"] == p5.SCRATCH_LABEL
+    assert written["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert written["users"] == N_USERS and len(written["split_fingerprint"]) == 64
     for key in ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"):
         assert 0 <= written["ci95_low"][key] <= written[key] <= written["ci95_high"][key] <= 1
@@ -173,3 +175,19 @@ def test_pretrained_t5_path_with_a_local_folder(trained, tmp_path):
     metrics = p5_evaluate.run(params, processed_dir=tmp / "processed", model_dir=tmp_path / "warm",
                               metrics_path=tmp_path / "m.json", predictions_path=tmp_path / "p.jsonl")
     assert metrics["backbone"] == "model" and metrics["hr_at_5"] > 0.6  # it starts from the trained weights
+
+
+def test_pickled_weights_are_refused(trained, tmp_path):
+    """A checkpoint with only pytorch_model.bin (a pickle) is never loaded."""
+    import shutil
+
+    import torch
+
+    tmp, _ = trained
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tmp / "model", pickled)
+    model, _ = p5_ranking.load_model(pickled, "auto")
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="pickled.*no model.safetensors"):
+        p5_ranking.load_model(pickled, "auto")

@@ -13,6 +13,8 @@ from genrec.params import Params, PromptsParams
 from genrec.prompts import PromptTemplate, build_prompt, parse_history
 from genrec.stages.prompts import run
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 TITLES = {
     "1": "Toy Story (1995)", "2": "American President, The (1995)", "3": 'He Said "No" (2001)',
     "4": "Amélie \\ Back\\slash (2001)", "5": "Heat (1995)", "6": "Se7en, (1995)",
@@ -164,3 +166,24 @@ def test_integer_ids_are_read_as_strings(tmp_path):
     test = read(tmp_path / "out", "test")
     assert [(r["user_id"], r["target_item_id"], r["history_item_ids"]) for r in test] == [
         ("10", "2", ["4", "3"]), ("7", "4", ["1", "2", "3"])]
+
+
+def test_users_the_split_drops_are_not_prompted(root, tmp_path):
+    """Users removed by the split's filters (short users, ratings under split.min_rating) stay in the parquet
+    dictionary of user ids; the prompts stage must prompt the users that have rows, not fail on the others."""
+    from genrec.params import load_params
+    from genrec.stages import split as split_stage
+
+    rows = []
+    for u in range(6):  # six users of 4 interactions, all kept
+        rows += [(f"u{u}", str(i), 100 * u + i, 5.0) for i in range(4)]
+    rows += [("short", "0", 1, 5.0), ("short", "1", 2, 5.0)]  # 2 interactions: below min_sequence_length
+    rows += [("low", str(i), 10 + i, 1.0) for i in range(4)]  # every rating below min_rating
+    interim = tiny_genrec.write_interim(tmp_path / "interim", rows, [f"Title {i}" for i in range(4)])
+    params = load_params(root / "params.yaml", ["split.user_core=1", "split.item_core=1", "split.min_rating=4"])
+    stats = split_stage.run(params, interim_dir=interim, out_dir=tmp_path / "processed", report_dir=tmp_path / "report",
+                            metrics_path=tmp_path / "split.json")
+    assert json.loads(Path(stats["metrics"]).read_text())["users"] == 6
+    result = run(params, processed_dir=tmp_path / "processed", out_dir=tmp_path / "prompts")
+    assert result["records"]["test"] == result["records"]["valid"] == 6
+    assert {r["user_id"] for r in read(tmp_path / "prompts", "test")} == {f"u{u}" for u in range(6)}

@@ -14,6 +14,8 @@ from genrec.errors import DataError
 from genrec.params import load_params
 from genrec.stages import split as stage
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet")
 
 
@@ -105,12 +107,7 @@ def test_failing_validation_writes_the_report_but_no_split(root, interim, tmp_pa
 def test_duplicates_and_min_rating_are_counted(root, tmp_path):
     rows = [(u, str(i), 100 * i, 4.0) for u in ("a", "b", "c", "d", "e") for i in range(6)]
     rows += [("a", "0", 0, 4.0), ("b", "5", 0, 1.0)]
-    interim_dir = tmp_path / "interim"
-    interim_dir.mkdir()
-    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_parquet(
-        interim_dir / "interactions.parquet", index=False)
-    pd.DataFrame({"item_id": [str(i) for i in range(6)], "title": [f"Film {i}" for i in range(6)]}).to_parquet(
-        interim_dir / "items.parquet", index=False)
+    interim_dir = tiny_genrec.write_interim(tmp_path / "interim", rows, [f"Film {i}" for i in range(6)])
     run_stage(root, interim_dir, tmp_path, ["split.min_rating=3.0"])
     metrics = json.loads((tmp_path / "split.json").read_text())
     assert metrics["dropped"] == {"min_rating": 1, "duplicates": 1, "k_core": 0, "short_users": 0}

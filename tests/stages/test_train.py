@@ -343,3 +343,95 @@ def test_sequence_format_needs_the_split(tiny, tmp_path):
     params = tiny_params(tiny["tmp"], format="sequence")
     with pytest.raises(DataError, match="--processed"):
         train.run(params, base_dir=tiny["base"], prompts_dir=tiny["prompts"], out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("profile", ["cpu2", "fsdp_cpu2"])  # DDP and FSDP2, both over gloo
+def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny, tmp_path, profile):
+    """2 CPU processes (gloo) x micro-batch 2, accumulation 1 == 1 process x micro-batch 2, accumulation 2:
+    the same 4 records make each optimizer step, so the logged losses and the adapters agree closely; one
+    MLflow run, one adapter, no checkpoints left, written by the main process only."""
+    import socket
+
+    import mlflow
+    from safetensors.torch import load_file
+
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / f"{profile}.yaml"))
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    out = tmp_path / "genrec"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
+           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(params_path),
+           "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    one_state = json.loads((trained[2] / "trainer_state.json").read_text())
+    two_state = json.loads((out / "trainer_state.json").read_text())
+    assert two_state["global_step"] == one_state["global_step"] == EXPECTED_STEPS
+    one_loss = [h["loss"] for h in one_state["log_history"] if "loss" in h]
+    two_loss = [h["loss"] for h in two_state["log_history"] if "loss" in h]
+    assert len(one_loss) == len(two_loss) == EXPECTED_STEPS
+    assert max(abs(a - b) for a, b in zip(one_loss, two_loss)) < 1e-3
+    one_w, two_w = load_file(trained[2] / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert one_w.keys() == two_w.keys()
+    diff = max(float((one_w[k] - two_w[k]).abs().max()) for k in one_w)
+    scale = max(float(one_w[k].abs().max()) for k in one_w)
+    assert diff < 1e-3 * scale
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["processes"] == 2
+    assert not train.checkpoint_dir(out).exists()
+    runs = mlflow.MlflowClient(params.tracking.uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(params.tracking.uri).search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
+    """SIGKILL to both processes after a checkpoint; a second 2-process launch resumes it in the same run."""
+    import socket
+
+    import psutil
+
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    out = tmp_path / "genrec"
+    ckpts = train.checkpoint_dir(out)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+
+    def launch():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                params.train.accelerate_profile, "--main_process_port", str(port), "-m", "genrec.cli", "train",
+                "--params", str(params_path), "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]),
+                "--out", str(out)]
+
+    proc = subprocess.Popen(launch(), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (ckpts / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint-3 within 300 s"
+        time.sleep(0.02)
+    # torchrun starts its workers in their own sessions: kill every descendant, not just the launcher's group.
+    tree = psutil.Process(proc.pid)
+    victims = [*tree.children(recursive=True), tree]
+    for victim in victims:
+        victim.kill()
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+    assert not out.exists()
+    killed_run = json.loads((ckpts / train.STATE_FILE).read_text())["run_id"]
+
+    done = subprocess.run(launch(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert state["global_step"] == trained[1]["global_step"] == EXPECTED_STEPS
+    assert config["training"]["resumed_from"].startswith("checkpoint-")
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == killed_run

@@ -1,8 +1,8 @@
 """Evaluate stage: generative top-k for every user, HR/NDCG with intervals, integrity, predictions.
 
-    genrec evaluate --base models/base --model models/genrec --prompts data/prompts/<dataset> \\
-        --processed data/processed/<dataset> --metrics reports/metrics/genrec.json \\
-        --predictions reports/predictions/genrec.jsonl
+    genrec evaluate --base models/base --model models/<dataset>/genrec --prompts data/prompts/<dataset> \\
+        --processed data/processed/<dataset> --metrics reports/<dataset>/metrics/genrec.json \\
+        --predictions reports/<dataset>/predictions/genrec.jsonl
 
 Protocol (all of it in `params.eval`, and written beside the metrics): each user's prompt is built
 by `build_prompt` from the record's instruction and history with the template saved beside the
@@ -21,8 +21,8 @@ import logging
 import time
 from pathlib import Path
 
-from genrec.evaluation import (decode_lists, encode_prompts, load_model, read_catalogue, read_records, user_exclusions,
-                               with_split_history)
+from genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
+                               user_exclusions, with_split_history)
 from genrec.io import split_fingerprint, write_json
 from genrec.params import Params
 from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
@@ -49,7 +49,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     base_dir, prompts_dir, processed_dir = Path(base_dir), Path(prompts_dir), Path(processed_dir)
     records = sample_users(read_records(prompts_dir / f"{e.split}.jsonl"), e.max_users, e.seed)
     catalogue = read_catalogue(processed_dir / "items.parquet")
-    model, tokenizer, template = load_model(base_dir, model_dir, prompts_dir, e.dtype)
+    model, tokenizer, template = load_model(base_dir, model_dir, prompts_dir, e.dtype, e.device)
     if template.format == "sequence":
         records = with_split_history(records, processed_dir, e.split)
     prompts, truncated = encode_prompts(records, template, tokenizer, e.max_prompt_tokens)
@@ -63,8 +63,14 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
         assistant = SasrecAssistant(Path(assistant_dir), catalogue)
         known = read_histories(processed_dir, before=e.split, users=[r["user_id"] for r in records])
         histories = [known.get(str(r["user_id"]), []) for r in records]
+    # Under `accelerate launch` with several processes each decodes a block of users; every process gets
+    # all the lists back, and the main process alone writes the files and the MLflow entries.
+    state = processes(model.device)
     lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
-                                                  assistant=assistant, histories=histories)
+                                                  assistant=assistant, histories=histories, state=state)
+    n_processes = state.num_processes if state is not None else 1
+    if state is not None and not state.is_main_process:
+        return {"users": len(lists), "processes": n_processes, "main_process": False}
 
     hopeless = sum(len(titles) == len(catalogue.titles) for titles in excluded)
     metrics = summarise(records, lists, e, seconds, truncated=truncated, hopeless=hopeless,
@@ -75,7 +81,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                                   "prompt_format": template.format})
     # What the report needs to put every model in one table, and to refuse a comparison across splits.
     name = "genrec" if model_dir is not None else "backbone"
-    metrics.update(model=name + ("+sasrec" if assistant is not None else ""),
+    metrics.update(model=name + ("+sasrec" if assistant is not None else ""), device=model.device.type,
+                   processes=n_processes,
                    split_fingerprint=split_fingerprint(processed_dir),
                    train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
     write_predictions(predictions_path, [

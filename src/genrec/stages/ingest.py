@@ -20,6 +20,7 @@ from genrec.errors import DataError
 from genrec.io import atomic_path, sha256_file
 from genrec.params import Params
 from genrec.readers import READERS, dataset_files
+from genrec.tables import MAX_TITLE_CHARS, truncate_titles
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,16 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, mirror: Path | None) ->
     files = _verified_hashes(raw_dir, [interactions_path, items_path])
     log.info("reading %s (%s) from %s", params.dataset, fmt, raw_dir)
     interactions, items = READERS[fmt](interactions_path, items_path, drop_untitled=params.ingest.drop_untitled)
+    check_not_empty(interactions, items, interactions_path, items_path, params.ingest.drop_untitled)
+    items, truncated = truncate_titles(items)
+    if truncated:
+        log.warning("%s: %d titles longer than %d characters were cut at a word boundary", items_path, truncated,
+                    MAX_TITLE_CHARS)
     manifest = {
         "dataset": params.dataset, "format": fmt, "source": source, "files": files, "downloads": downloads,
         "rows": {"interactions": len(interactions), "items": len(items),
                  "users": int(interactions["user_id"].nunique())},
+        "titles_truncated": truncated, "max_title_chars": MAX_TITLE_CHARS,
     }
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -58,6 +65,19 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, mirror: Path | None) ->
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("ingest %s: %s", params.dataset, manifest["rows"])
     return {name: out_dir / name for name in ("interactions.parquet", "items.parquet", "manifest.json")}
+
+
+def check_not_empty(interactions, items, interactions_path: Path, items_path: Path, drop_untitled: bool) -> None:
+    """Refuse a dataset without interactions or items before it can replace a good interim output."""
+    if len(items) == 0:
+        raise DataError("no items", path=items_path,
+                        fix="The file holds no item rows" + (" with a title (ingest.drop_untitled dropped them)"
+                                                            if drop_untitled else "") + "; check the source")
+    if len(interactions) == 0:
+        raise DataError("no interactions", path=interactions_path,
+                        fix="The file holds a header but no rows" + (", or every row was of an untitled item "
+                                                                    "(ingest.drop_untitled)" if drop_untitled else "")
+                        + "; check the source")
 
 
 def _format(params: Params) -> str:
@@ -111,7 +131,8 @@ def copy_mirror(folder: Path, raw_dir: Path) -> dict[str, str]:
         if missing:
             raise DataError(f"{', '.join(missing)} listed in {SUMS} but missing", path=folder,
                             fix="Restore the files from the official archive")
-    log.info("copied %d verified files from %s", len(hashes), folder)
+    log.info("copied %d %s from %s", len(hashes), "unverified files" if sums is None else "files verified against "
+             + SUMS, folder)
     return hashes
 
 

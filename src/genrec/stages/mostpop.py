@@ -1,7 +1,7 @@
 """MostPop stage: recommend the most popular training items the user does not have yet.
 
-    genrec mostpop --processed data/processed/<dataset> --metrics reports/metrics/mostpop.json \\
-        --predictions reports/predictions/mostpop.jsonl
+    genrec mostpop --processed data/processed/<dataset> --metrics reports/<dataset>/metrics/mostpop.json \\
+        --predictions reports/<dataset>/predictions/mostpop.jsonl
 
 The floor every recommender must clear: one global ranking by training interactions (ties by
 item_id), the user's history removed when `eval.exclude_history`. Same users, cut-offs, metrics and

@@ -1,7 +1,7 @@
 """P5 evaluation stage: a 10-beam search constrained to real item ids, scored like GenRec.
 
-    genrec p5_evaluate --processed data/processed/<dataset> --model models/p5 \\
-        --metrics reports/metrics/p5.json --predictions reports/predictions/p5.jsonl
+    genrec p5_evaluate --processed data/processed/<dataset> --model models/<dataset>/p5 \\
+        --metrics reports/<dataset>/metrics/p5.json --predictions reports/<dataset>/predictions/p5.jsonl
 
 Every item id is one token, so a constrained beam is the item token then EOS; `genrec.p5_ranking`
 computes HF's beam search for that case directly (and runs HF `generate` for the unconstrained one).
@@ -48,7 +48,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     seqs = load_sequences(processed_dir)
     index = p5.ItemIndex.load(model_dir / p5.INDEX_FILE)
     index.check_covers(seqs.item_ids, model_dir / p5.INDEX_FILE)
-    model, tokenizer = load_model(model_dir, e.dtype)
+    model, tokenizer = load_model(model_dir, e.dtype, e.device)
     tokens = p5.item_token_ids(tokenizer, len(index.ids), model_dir)
 
     numbers = np.array([index.ids[item] for item in seqs.item_ids], dtype=np.int64)[seqs.item]
@@ -83,8 +83,8 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
                         truncated=truncated, hopeless=hopeless,
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
-    metrics.update({"model": "p5", "backbone": meta["backbone"], "indexing": meta["indexing"],
-                    "split_fingerprint": split_hash,
+    metrics.update({"model": "p5", "device": model.device.type, "backbone": meta["backbone"],
+                    "indexing": meta["indexing"], "split_fingerprint": split_hash,
                     "train_seconds": round(meta["training"]["train_seconds"], 2),
                     "eval_seconds": round(time.perf_counter() - started, 2)})
     write_predictions(predictions_path, [

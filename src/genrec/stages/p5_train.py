@@ -1,6 +1,6 @@
 """P5 training stage: a T5 learns to write the next item's id from item-id prompts.
 
-    genrec p5_train --processed data/processed/<dataset> --model models/p5
+    genrec p5_train --processed data/processed/<dataset> --model models/<dataset>/p5
 
 Same split and the same training positions as GenRec (`prompts.train_targets`, via
 `sequences.target_rows`); history = the latest `p5.max_history` items (default `prompts.max_history`).

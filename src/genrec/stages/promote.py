@@ -1,14 +1,14 @@
 """Promote stage: register the trained adapter and move the registry alias `champion` to the best version.
 
-    genrec promote --model models/genrec --base models/base --processed data/processed/<dataset> \\
-        --valid-metrics reports/metrics_valid/genrec.json --test-metrics reports/metrics/genrec.json \\
-        --out reports/promotion.json
+    genrec promote --model models/<dataset>/genrec --base models/base \\
+        --processed data/processed/<dataset> --valid-metrics reports/<dataset>/metrics_valid/genrec.json \\
+        --test-metrics reports/<dataset>/metrics/genrec.json --out reports/<dataset>/promotion.json
 
 The adapter becomes (at most once) a pyfunc version of `genrec-<dataset>` tagged with its validation
 and test HR/NDCG, the split fingerprint, the validation protocol, the git commit and the backbone
 (`genrec.registry`). `champion` moves only to a version with a strictly better VALIDATION NDCG@10
 on the same split and protocol. Without a validation NDCG@10 the stage refuses: choosing on test
-metrics would tune on the test set. `reports/promotion.json` says who was champion, who is, and why.
+metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was champion, who is, and why.
 """
 
 from __future__ import annotations

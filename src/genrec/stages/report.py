@@ -1,8 +1,8 @@
 """Report stage: every model of the run side by side, the paper's numbers beside them, paired tests.
 
-    genrec report --metrics-dir reports/metrics --predictions-dir reports/predictions \\
-        --out reports/comparison.md --figures reports/figures --plots reports/plots/per_k.csv \\
-        [--genrec-model models/genrec]
+    genrec report --metrics-dir reports/<dataset>/metrics --predictions-dir reports/<dataset>/predictions \\
+        --out reports/<dataset>/comparison.md --figures reports/<dataset>/figures \\
+        --plots reports/<dataset>/plots/per_k.csv [--genrec-model models/<dataset>/genrec]
 
 Reads every `<model>.json` metrics file and its `<model>.jsonl` predictions, refuses files from
 different splits, and writes the comparison table (markdown), a bar chart with the 95% intervals

@@ -1,7 +1,7 @@
 """SASRec stage: train the self-attentive sequential baseline on the split, evaluate it like GenRec.
 
-    genrec sasrec --processed data/processed/<dataset> --model models/sasrec \\
-        --metrics reports/metrics/sasrec.json --predictions reports/predictions/sasrec.jsonl
+    genrec sasrec --processed data/processed/<dataset> --model models/<dataset>/sasrec \\
+        --metrics reports/<dataset>/metrics/sasrec.json --predictions reports/<dataset>/predictions/sasrec.jsonl
 
 Trains on every position of the training sequences (cross-entropy over the full catalogue), keeps
 the epoch with the best validation `sasrec.select_metric`, then ranks the full catalogue for the

@@ -1,7 +1,7 @@
 """Split stage: filter the interactions, order them in time, leave one out, validate, write.
 
     genrec split --interim data/interim/<dataset> --out data/processed/<dataset> \\
-        --report reports/data_validation --metrics reports/split_stats.json
+        --report reports/<dataset>/data_validation --metrics reports/<dataset>/split_stats.json
 
 Reads the canonical `interactions.parquet` and `items.parquet`; writes `train/valid/test.parquet`
 (user_id, item_id, timestamp, position, rating if present; sorted by user_id, position) and the

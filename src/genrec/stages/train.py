@@ -3,8 +3,8 @@
 Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/accelerate/):
 
     accelerate launch --config_file configs/accelerate/cpu.yaml -m genrec.cli train \\
-        --base models/base --prompts data/prompts/ml-latest-small \\
-        --processed data/processed/ml-latest-small --out models/genrec --curve reports/learning_curve
+        --base models/base --prompts data/prompts/<dataset> --processed data/processed/<dataset> \\
+        --out models/<dataset>/genrec --curve reports/<dataset>/learning_curve
 
 `genrec train ...` without the launcher runs the same thing in one process.
 
@@ -64,7 +64,11 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
     processed_dir = Path(processed_dir) if processed_dir is not None else None
     tp = params.train
     template = check_inputs(params, base_dir, prompts_dir, processed_dir)
-    state = PartialState()
+    import torch
+
+    # cpu=True on a machine without CUDA: only then do several CPU processes join (gloo) rather than each
+    # believing it is alone (and main). The Trainer's own Accelerator shares this state.
+    state = PartialState(cpu=not torch.cuda.is_available())
     sft.accumulation_steps(tp, state.num_processes)
     hashes = tracking.data_hashes([base_dir, prompts_dir] + ([processed_dir] if tp.format == "sequence" else []))
     fingerprint = config_fingerprint(params, hashes)

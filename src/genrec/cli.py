@@ -264,6 +264,29 @@ def promote(params_path, overrides, **paths):
 
 
 @main.command()
+@click.argument("name", required=False)
+@click.option("--as", "form", type=click.Choice(["dvc", "genrec"]), default="dvc", show_default=True,
+              help="dvc: `-S key=value` words for `dvc exp run`; genrec: `--set key=value` words.")
+def preset(name, form):
+    """Print a preset's params overrides (configs/presets/NAME.yaml); without NAME, list the presets.
+
+    e.g. `dvc exp run $(genrec preset paper-toys)` runs the paper's Toys setting as an experiment.
+    """
+    from genrec import presets
+    from genrec.errors import DataError
+
+    if name is None:
+        click.echo("\n".join(presets.available()))
+        return
+    try:
+        words = presets.overrides(name)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+    flag = "-S" if form == "dvc" else "--set"
+    click.echo(" ".join(f"{flag} {word}" for word in words))
+
+
+@main.command()
 @PARAMS_OPTION
 @SET_OPTION
 @click.option("--model", "model_uri", default=None, metavar="URI",

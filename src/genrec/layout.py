@@ -14,6 +14,9 @@ SPLITS = ("train", "valid", "test")
 ACCELERATE_CONFIGS = Path("configs/accelerate")
 """Accelerate profiles: `train.accelerate_profile: cpu` means ACCELERATE_CONFIGS / "cpu.yaml"."""
 
+PRESETS = Path("configs/presets")
+"""Named sets of params overrides (`genrec preset NAME`), e.g. the paper's settings per dataset."""
+
 PROCESSED = Path("data/processed")
 """The split of dataset D is PROCESSED / D (the `split` stage's output in dvc.yaml)."""
 

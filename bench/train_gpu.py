@@ -1,4 +1,4 @@
-"""GPU training-throughput benchmark: non-padding tokens/s of LoRA SFT, GenRec's regime vs genrec's.
+"""GPU training-throughput benchmark: non-padding tokens/s of LoRA SFT, GenRec's regime vs packed ones.
 
     python bench/train_gpu.py                       # one H100/H200: SmolLM2-135M and LLaMA-7B shapes
     python bench/train_gpu.py --shapes llama-7b --tokens 16384 --steps 20
@@ -12,12 +12,13 @@ dropout 0.05 on q_proj/v_proj) and AdamW; a step is forward + backward + optimiz
 Regimes:
   reference    GenRec's (alpaca-lora's): micro-batch 4 padded to its longest sequence, bf16 weights and
                bf16 autocast, logits over every position and the model's own loss.
-  packed       genrec's: sequences concatenated into one row of about --tokens tokens (no padding),
+  packed       sequences concatenated into one row of about --tokens tokens (no padding),
                position ids restarting at each sequence, attention kept inside each sequence by
                variable-length flash attention (torch.nn.attention.varlen, registered as a transformers
                attention function), LM head and loss on completion positions only, fused AdamW.
   packed-sdpa  the same rows through transformers' own packed-sequence detection (a block-diagonal
-               mask for SDPA): the fallback where varlen attention is missing, and the CPU path.
+               mask for SDPA): what `genrec train` runs today (train.format: sequence, PackedCollator),
+               on GPUs and CPUs. `packed` (varlen flash attention) is not wired into the train stage yet.
 
 Before timing, every packed regime's loss on a fixed batch must match the reference loss on the same
 sequences (float32 on CPU: 1e-5 relative; bf16 on GPU: 2e-2), and the varlen kernel must match

@@ -264,6 +264,17 @@ def promote(params_path, overrides, **paths):
 
 
 @main.command()
+@PARAMS_OPTION
+@SET_OPTION
+@click.option("--reports", "reports_dir", required=True, type=folder(exists=True),
+              help="Folder of per-dataset reports (reports/<dataset>/metrics/*.json, split_stats.json).")
+@click.option("--out", "out_path", required=True, type=file(), help="Markdown file: one Table 1 block per dataset.")
+def table(params_path, overrides, **paths):
+    """One Table 1 across datasets: every model with intervals, the dataset's statistics, the paper's figures."""
+    run_stage("table", params_path, overrides, **paths)
+
+
+@main.command()
 @click.argument("name", required=False)
 @click.option("--as", "form", type=click.Choice(["dvc", "genrec"]), default="dvc", show_default=True,
               help="dvc: `-S key=value` words for `dvc exp run`; genrec: `--set key=value` words.")

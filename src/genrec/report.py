@@ -9,6 +9,7 @@ paired bootstrap test against a reference model, per-k curves and a bar chart.
 from __future__ import annotations
 
 import json
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,3 +308,63 @@ def curves_chart(rows: list[dict], models: list[str], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+PAPER_DATASETS = (("ml-", "MovieLens 25M"), ("movielens", "MovieLens 25M"), ("toys", "Amazon Toys"),
+                  ("amazon-toys", "Amazon Toys"))
+"""Which of the paper's Table 1 datasets a dataset name is set beside (by prefix or substring)."""
+
+
+def paper_dataset(name: str) -> str | None:
+    """The paper's dataset to show beside `name`, or None (e.g. MovieLens for ml-latest-small)."""
+    lowered = name.lower()
+    for key, paper in PAPER_DATASETS:
+        if lowered.startswith(key) or key in lowered:
+            return paper
+    return None
+
+
+def dataset_statistics(stats: dict) -> str:
+    """One line from a split's `split_stats.json`: users, items, interactions, density, sequence length, drops."""
+    users, items, interactions = stats.get("users", 0), stats.get("items", 0), stats.get("interactions", 0)
+    density = interactions / (users * items) if users and items else 0.0
+    dropped = ", ".join(f"{key} {value:,}" for key, value in sorted(stats.get("dropped", {}).items()))
+    return (f"{users:,} users, {items:,} items, {interactions:,} interactions (density {density:.5f}, mean sequence "
+            f"length {interactions / users if users else 0:.1f}); dropped by the filters: {dropped or 'nothing'}.")
+
+
+def table_one(reports_dir: str | Path, links_from: str | Path = ".") -> str:
+    """One Table 1 across datasets: a block per `reports_dir/<dataset>/` holding metrics files.
+
+    Each block: the dataset's statistics (its split_stats.json), every model of this run with 95% intervals,
+    the paper's figures for the matching dataset, and a link to the dataset's own report (paired tests),
+    relative to `links_from` (the folder the table is written to).
+
+    Raises:
+        DataError: no dataset folder with metrics files under `reports_dir`.
+    """
+    reports_dir = Path(reports_dir)
+    datasets = sorted(p.name for p in reports_dir.iterdir() if (p / "metrics").is_dir()) if reports_dir.is_dir() else []
+    if not datasets:
+        raise DataError("no <dataset>/metrics/ folders", path=reports_dir, fix="run the pipeline first (dvc repro)")
+    lines = ["# Table 1: every dataset of this workspace", "",
+             "Each block: this run's models on the dataset's test users (95% bootstrap intervals over users), the "
+             "paper's figures for the matching dataset (LLaMA-7B, other sizes: for orientation only), and the "
+             "dataset's own report with the paired tests.", ""]
+    for name in datasets:
+        results = load_metrics(reports_dir / name / "metrics")
+        stats_path = reports_dir / name / "split_stats.json"
+        lines += [f"## {name}", ""]
+        if stats_path.is_file():
+            lines += [dataset_statistics(json.loads(stats_path.read_text(encoding="utf-8"))), ""]
+        lines += results_table(results) + [""]
+        paper = paper_dataset(name)
+        if paper:
+            lines += [f"The paper on {paper}: " + "; ".join(
+                f"{model} " + " / ".join(f"{v:.4f}" for v in values)
+                for (dataset, model), values in PAPER_TABLE_1.items() if dataset == paper)
+                + " (HR@5 / NDCG@5 / HR@10 / NDCG@10).", ""]
+        if (reports_dir / name / "comparison.md").is_file():
+            link = Path(os.path.relpath(reports_dir / name / "comparison.md", links_from)).as_posix()
+            lines += [f"Paired tests: [{name}/comparison.md]({link}).", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark (about 8 minutes on one H100/H200; no network): what the pipeline runs, timed
+# One prepared GPU benchmark (sized for 8 minutes on one GPU: each script is cut at 300 s; no network): what the pipeline runs, timed
 # beside the paper's reference regime, at the SmolLM2-135M and LLaMA-7B shapes with random weights.
 #
 #   bash bench/gpu_suite.sh            # on the GPU machine, from the repository root

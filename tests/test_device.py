@@ -7,7 +7,7 @@ import torch
 
 from genrec.backbone import inference_device
 from genrec.errors import DataError
-from genrec.params import load_params
+from genrec.params import ParamsError, load_params
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 
@@ -38,5 +38,5 @@ def test_auto_with_a_gpu_takes_the_accelerate_process_gpu(monkeypatch):
 
 def test_the_param_is_validated(root):
     assert load_params(root / "params.yaml").eval.device == "auto"
-    with pytest.raises(Exception, match="eval.device"):
+    with pytest.raises(ParamsError, match="eval.device"):
         load_params(root / "params.yaml", ["eval.device=gpu"])

@@ -56,18 +56,18 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     log.info("decoding %d users: %d titles (%d shared by several items), %s, %d beams, at most %d new tokens",
              len(todo), len(catalogue.titles), catalogue.shared_titles(),
              "constrained" if trie is not None else "unconstrained", e.num_beams, settings.max_new_tokens)
+    mine = todo  # the users this process decodes
+    if state is not None:
+        state.wait_for_everyone()
+        with state.split_between_processes([todo[b:b + e.batch_size] for b in range(0, len(todo), e.batch_size)]) \
+                as batches:
+            mine = [i for batch in batches for i in batch]
     node_prior = None
     if assistant is not None and e.assistant_weight and trie is not None:
         from genrec.trie import node_log_mass
 
         def node_prior(chunk: list[int]):
             return node_log_mass(trie, assistant.title_probs([histories[mine[i]] for i in chunk]))
-    mine = todo
-    if state is not None:
-        state.wait_for_everyone()
-        with state.split_between_processes([todo[b:b + e.batch_size] for b in range(0, len(todo), e.batch_size)]) \
-                as batches:
-            mine = [i for batch in batches for i in batch]
     start = time.perf_counter()
     beams = ranked_beams(model, [prompts[i] for i in mine], settings, trie=trie,
                          excluded=[excluded[i] for i in mine] if trie is not None else None,
@@ -130,6 +130,10 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     from genrec.backbone import inference_device, load_backbone
 
     target = inference_device(device)
+    if model_dir is not None and not (Path(model_dir) / "adapter_model.safetensors").is_file():
+        # Checked before the backbone loads; PEFT would otherwise fall back to a pickled adapter_model.bin.
+        raise DataError("no adapter_model.safetensors", path=model_dir,
+                        fix="genrec loads safetensors weights only; run `genrec train` (dvc repro train)")
     model, tokenizer = load_backbone(base_dir, dtype=None if dtype == "auto" else dtype)
     if model_dir is None:
         log.info("no adapter: evaluating the bare backbone with %s", prompts_dir / "template.json")
@@ -138,9 +142,6 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
-        raise DataError("no adapter_model.safetensors", path=model_dir,
-                        fix="genrec loads safetensors weights only; run `genrec train` (dvc repro train)")
     check_same_backbone(base_dir, model_dir, model)
     template = _template(model_dir / "template.json")
     if (model_dir / "tokenizer_config.json").exists():

@@ -327,7 +327,7 @@ def paper_dataset(name: str) -> str | None:
 def dataset_statistics(stats: dict) -> str:
     """One line from a split's `split_stats.json`: users, items, interactions, density, sequence length, drops."""
     users, items, interactions = stats.get("users", 0), stats.get("items", 0), stats.get("interactions", 0)
-    density = interactions / (users * items) if users and items else 0.0
+    density = 1.0 - stats.get("sparsity", 1.0)  # the split stage writes sparsity = 1 - interactions / (users x items)
     dropped = ", ".join(f"{key} {value:,}" for key, value in sorted(stats.get("dropped", {}).items()))
     return (f"{users:,} users, {items:,} items, {interactions:,} interactions (density {density:.5f}, mean sequence "
             f"length {interactions / users if users else 0:.1f}); dropped by the filters: {dropped or 'nothing'}.")

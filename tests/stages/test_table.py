@@ -25,8 +25,9 @@ def write_dataset(reports, name: str, hits: list[int | None], stats: dict) -> No
 def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp_path):
     reports = tmp_path / "reports"
     write_dataset(reports, "ml-latest-small", [1, None, 3, None], {
-        "users": 4, "items": 10, "interactions": 20, "dropped": {"k_core": 7, "short_users": 1}})
-    write_dataset(reports, "toys-p5", [None, 2], {"users": 2, "items": 5, "interactions": 8, "dropped": {}})
+        "users": 4, "items": 10, "interactions": 20, "sparsity": 0.5, "dropped": {"k_core": 7, "short_users": 1}})
+    write_dataset(reports, "toys-p5", [None, 2],
+                  {"users": 2, "items": 5, "interactions": 8, "sparsity": 0.2, "dropped": {}})
     (reports / "figures").mkdir()  # not a dataset: no metrics/ inside
     out = tmp_path / "results" / "table1.md"
     table.run(Params(), reports_dir=reports, out_path=out)

@@ -253,6 +253,25 @@ def test_sequence_windows_cut_at_title_boundaries_with_every_title_once(tokenize
     assert encoder.end_id == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
 
 
+def test_sequence_windows_latest_fill_backwards_from_the_last_title(tokenizer):
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=20), tokenizer)
+    titles = [f"Title number {i} ({1990 + i})" for i in range(43)]
+    every, _ = encoder.windows(titles, max_tokens=64, latest=100)
+    assert len(every) > 3
+
+    def body(window):
+        return tokenizer.decode(window[0][len(encoder.header_ids):]).split("\n")[:-1]
+
+    assert sum((body(w) for w in every), []) == titles  # still every title once, in order
+    latest, _ = encoder.windows(titles, max_tokens=64, latest=2)
+    assert latest == every[-2:]
+    assert body(latest[-1])[-1] == titles[-1]
+    line = len(encoder.line_ids(titles[-1]))
+    assert len(latest[-1][0]) > 64 - line  # the window that ends at the latest title is full
+    first, _ = encoder.windows(titles, max_tokens=64)
+    assert len(first[-1][0]) < len(latest[-1][0])  # filled from the start, the last window is the remainder
+
+
 def test_sequence_windows_skip_a_title_longer_than_the_budget(tokenizer):
     encoder = SequenceEncoder(PromptTemplate.sequence(max_history=20), tokenizer)
     windows, skipped = encoder.windows(["Short (1)", "A very long title " * 20, "Other (2)"], max_tokens=40)

@@ -227,6 +227,36 @@ def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
         assert tokenizer.decode(target) == TITLES[20 + u] + "\n"  # the loss is on the valid title only
 
 
+def test_recent_windows_keep_each_users_latest_training_titles(tokenizer, tmp_path):
+    from genrec.prompts import SequenceEncoder
+
+    processed = write_split(tmp_path / "processed")
+    encoder = SequenceEncoder(PromptTemplate.sequence(max_history=5), tokenizer)
+    header_tokens = len(encoder.header_ids)
+    line = max(len(encoder.line_ids(title)) for title in TITLES)
+    budget = header_tokens + 2 * line  # room for two titles at least
+    packed, stats = sft.sequence_dataset(processed, encoder, budget, None, 0, recent=1)
+    header = tokenizer.decode(encoder.header_ids)
+    docs = [tokenizer.decode(row["input_ids"][start:start + n])
+            for row in packed for start, n in zip(accumulate_starts(row["seq_lengths"]), row["seq_lengths"])]
+    assert stats["records"] == 4  # one window per user
+    for u in range(4):
+        train = [TITLES[(u * 3 + p) % 20] for p in range(6 + u)]
+        mine = [d for d in docs if d.replace(header, "").split("\n")[:-1] == train[-len(d.replace(header, "")
+                                                                                         .split("\n")[:-1]):]]
+        assert mine, f"user u{u}: no document ends with the latest training title"
+    everything, _ = sft.sequence_dataset(processed, encoder, budget, None, 0)
+    assert len(everything) > len(packed)
+
+
+def accumulate_starts(lengths):
+    starts, at = [], 0
+    for n in lengths:
+        starts.append(at)
+        at += n
+    return starts
+
+
 def test_packed_rows_never_attend_across_documents():
     """The loss of two packed documents equals the losses of each alone: position ids restart per document."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -145,6 +145,8 @@ class TrainParams:
     """Passes over the (subsampled) training prompts (reference: 5)."""
     max_steps: int | None = 120
     """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
+    recent_windows: int | None = None
+    """sequence only: each user's latest N windows (filled backwards from the last training title); None: all."""
     max_train_samples: int | None = None
     """Seeded subsample of the training prompts (instruction) or windows (sequence); None uses them all."""
     max_valid_samples: int | None = 64
@@ -190,7 +192,7 @@ class TrainParams:
     lora: LoraParams = field(default_factory=LoraParams)
 
     def problems(self) -> list[str]:
-        out = _at_least("train", self, 1, "prompt_history", "max_steps", "max_train_samples", "max_valid_samples",
+        out = _at_least("train", self, 1, "prompt_history", "max_steps", "recent_windows", "max_train_samples", "max_valid_samples",
                         "batch_size", "micro_batch_size", "max_seq_length", "logging_steps", "curve_steps",
                         "curve_users", "eval_steps", "save_steps", "save_total_limit")
         if not out and self.batch_size % self.micro_batch_size:

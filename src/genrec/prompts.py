@@ -318,27 +318,46 @@ class SequenceEncoder:
             ids += line
         return ids, len(titles) - len(kept)
 
-    def windows(self, titles: Sequence[str], max_tokens: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    def windows(self, titles: Sequence[str], max_tokens: int,
+                latest: int | None = None) -> tuple[list[tuple[list[int], list[int]]], int]:
         """A user's training titles as documents of <= `max_tokens` tokens, cut at title boundaries.
 
         Every document starts with the header (no loss); each title line carries the loss on all its
         tokens and its end marker. Consecutive windows do not overlap, so one epoch sees each title once.
 
+        Args:
+            latest: None: windows filled from the first title on, all of them. N: windows filled from the
+                latest title backwards (the last window is full and ends where the valid item follows),
+                only the latest N of them.
+
         Returns:
             ([(input_ids, labels)], titles skipped because header + title alone exceed max_tokens).
         """
-        out, skipped = [], 0
-        ids, labels = list(self.header_ids), [-100] * len(self.header_ids)
+        budget = max_tokens - len(self.header_ids)
+        lines, skipped = [], 0
         for title in titles:
             line = self.line_ids(title)
-            if len(self.header_ids) + len(line) > max_tokens:
+            if len(line) > budget:
                 skipped += 1
-                continue
-            if len(ids) + len(line) > max_tokens:
-                out.append((ids, labels))
-                ids, labels = list(self.header_ids), [-100] * len(self.header_ids)
-            ids += line
-            labels += line
-        if len(ids) > len(self.header_ids):
+            else:
+                lines.append(line)
+        groups: list[list[list[int]]] = []
+        used = budget + 1  # forces a new group at the first line
+        for line in (lines if latest is None else reversed(lines)):
+            if used + len(line) > budget:
+                if latest is not None and len(groups) == latest:
+                    break
+                groups.append([])
+                used = 0
+            groups[-1].append(line)
+            used += len(line)
+        if latest is not None:
+            groups = [group[::-1] for group in reversed(groups)]
+        out = []
+        for group in groups:
+            ids, labels = list(self.header_ids), [-100] * len(self.header_ids)
+            for line in group:
+                ids += line
+                labels += line
             out.append((ids, labels))
         return out, skipped

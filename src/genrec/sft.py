@@ -67,7 +67,8 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
         if processed_dir is None:
             raise DataError("the sequence format reads the split", fix="pass --processed data/processed/<dataset>")
         encoder = SequenceEncoder(template, tokenizer)
-        train_data, stats = sequence_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_train_samples, tp.seed)
+        train_data, stats = sequence_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_train_samples, tp.seed,
+                                             recent=tp.recent_windows)
         valid_data = next_title_dataset(processed_dir, encoder, tp.max_seq_length, tp.max_valid_samples, tp.seed)
         collator = PackedCollator(pad_token_id(tokenizer))
     else:
@@ -84,8 +85,10 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
     return trainer, stats
 
 
-def sequence_dataset(processed_dir: Path, encoder: SequenceEncoder, max_tokens: int, limit: int | None, seed: int):
-    """Every user's training titles as `encoder.windows`, a seeded subsample of `limit` windows, BFD-packed.
+def sequence_dataset(processed_dir: Path, encoder: SequenceEncoder, max_tokens: int, limit: int | None, seed: int,
+                     recent: int | None = None):
+    """Every user's training titles as `encoder.windows` (each user's latest `recent` windows only, when set),
+    a seeded subsample of `limit` windows, BFD-packed.
 
     Returns:
         (datasets.Dataset with input_ids, labels and seq_lengths per packed row, stats).
@@ -99,7 +102,7 @@ def sequence_dataset(processed_dir: Path, encoder: SequenceEncoder, max_tokens: 
     histories = read_histories(processed_dir, before="train")
     for user, items in tqdm(histories.items(), desc="documents", unit="user", mininterval=10,
                             disable=len(histories) < 20_000):
-        windows, n = encoder.windows([titles[i] for i in items], max_tokens)
+        windows, n = encoder.windows([titles[i] for i in items], max_tokens, latest=recent)
         docs += windows
         skipped += n
     if not docs:

@@ -81,6 +81,7 @@ def test_promote_refuses_without_validation_metrics(world, tmp_path):
     result = CliRunner().invoke(promote, [
         "--params", str(world["params_path"]), "--model", str(first / "model"), "--base", str(world["base"]),
         "--processed", str(world["processed"]), "--valid-metrics", str(tmp_path / "missing.json"),
+        "--valid-predictions", str(first / "valid.jsonl"),
         "--test-metrics", str(first / "test.json"), "--out", str(tmp_path / "promotion.json")])
     assert result.exit_code == 1 and "no valid metrics: promotion refuses" in result.stderr
     assert not (tmp_path / "promotion.json").exists()

@@ -65,7 +65,7 @@ def seed_store(params: Params) -> None:
     name = registry.registered_model_name(params)
     mlc.create_registered_model(name)
     version = mlc.create_model_version(name, source=f"{genrec_run.info.artifact_uri}/model",
-                                       run_id=genrec_run.info.run_id, tags={registry.SELECT_TAG: "0.0123"})
+                                       run_id=genrec_run.info.run_id, tags={"valid.ndcg_at_10": "0.0123"})
     mlc.set_registered_model_alias(name, registry.CHAMPION, version.version)
 
 

@@ -106,6 +106,9 @@ def test_every_key_refuses_a_value_of_the_wrong_type(key, tmp_path):
     ("dataset=..", "dataset: expected a plain folder name"),
     ("dataset=a\\b", "dataset: expected a plain folder name"),
     ("p5.indexing=leaky", "p5.indexing='leaky': use one of random, sequential"),
+    ("promote.alpha=1", "promote.alpha: expected a probability in (0, 1) or null, got 1"),
+    ("promote.alpha=0.0001", "promote.alpha: 0.0001 is at or below the smallest p-value 10000 resamples can give"),
+    ("promote.metric=mrr", "promote.metric='mrr': use one of ndcg_at_10, hr_at_10"),
     ("split.usercore=3", "split.usercore: unknown key; did you mean split.user_core?"),
     ("train.lora.rank=8", "train.lora.rank: unknown key"),
 ])

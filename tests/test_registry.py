@@ -1,4 +1,4 @@
-"""The promotion rule (pure), the backbone reference and its hash check, and the registered pyfunc itself.
+"""The backbone reference and its hash check, and the registered pyfunc itself (the rule: test_promotion.py).
 
 The pyfunc tests register one real tiny adapter through the promote stage (MLflow on SQLite in tmp) and
 load it back by its alias URI, as `genrec recommend` and `mlflow models serve` do.
@@ -9,61 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from genrec import registry, tracking
+from genrec import promotion, registry, tracking
 from genrec.errors import DataError
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
-
-
-def version(number: int, ndcg: float | None, split: str = "s1", protocol: str = "p1"):
-    tags = {"split_fingerprint": split, "valid_protocol": protocol}
-    if ndcg is not None:
-        tags[registry.SELECT_TAG] = repr(ndcg)
-    return SimpleNamespace(version=str(number), tags=tags)
-
-
-def test_first_champion_is_the_best_comparable_version_and_ties_go_to_the_older():
-    v1, v2, v3, other = version(1, 0.2), version(2, 0.3), version(3, 0.3), version(4, 0.9, split="s2")
-    decision = registry.choose_champion([v1, v2, v3, other], None, v3)
-    assert (decision.previous, decision.champion, decision.moved) == (None, "2", True)
-
-
-def test_a_strictly_better_validation_score_takes_the_alias():
-    v1, v2 = version(1, 0.2), version(2, 0.25)
-    decision = registry.choose_champion([v1, v2], v1, v2)
-    assert (decision.previous, decision.champion, decision.moved) == ("1", "2", True)
-    assert "better" in decision.reason
-
-
-def test_a_tie_keeps_the_champion():
-    v1, v2 = version(1, 0.2), version(2, 0.2)
-    decision = registry.choose_champion([v1, v2], v1, v2)
-    assert (decision.champion, decision.moved) == ("1", False) and "ties" in decision.reason
-
-
-def test_a_worse_newcomer_never_takes_it_even_when_an_older_version_was_manually_made_champion():
-    v1, v2, v3 = version(1, 0.3), version(2, 0.1), version(3, 0.2)
-    assert registry.choose_champion([v1, v2, v3], v1, v3).champion == "1"
-    manual = registry.choose_champion([v1, v2, v3], v2, v3)  # someone moved it to a worse one by hand
-    assert (manual.champion, manual.moved) == ("1", True)
-
-
-def test_versions_validated_on_another_split_or_protocol_are_not_compared():
-    champion, newcomer = version(1, 0.1, split="old"), version(2, 0.9, split="new")
-    decision = registry.choose_champion([champion, newcomer], champion, newcomer)
-    assert (decision.champion, decision.moved) == ("1", False) and "not comparable" in decision.reason
-    champion, newcomer = version(1, 0.1, protocol="beams10"), version(2, 0.9, protocol="beams20")
-    assert registry.choose_champion([champion, newcomer], champion, newcomer).champion == "1"
-
-
-def test_a_newcomer_without_a_validation_score_is_refused():
-    with pytest.raises(ValueError, match="no valid.ndcg_at_10"):
-        registry.choose_champion([version(1, None)], None, version(1, None))
 
 
 def test_protocol_hash_ignores_key_order_but_not_values():
@@ -168,9 +121,9 @@ def test_registry_calls_leave_the_tracking_uri_and_environment_as_they_were(regi
     try:
         version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base,
                                                      items_path=w["processed"] / "items.parquet",
-                                                     tags={registry.SELECT_TAG: "0.001"})
+                                                     tags={"valid.ndcg_at_10": "0.001"})
         assert created and (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)
-        decision = registry.promote(params, version)
+        decision = promotion.promote(params, version)
         assert not decision.moved and (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)
         registry.store_backbone(params, base)
         assert (mlflow.get_tracking_uri(), dict(os.environ)) == (elsewhere, env)

@@ -125,6 +125,51 @@ def test_calls_leave_the_tracking_uri_and_environment_as_they_were(tmp_path, mon
         mlflow.set_tracking_uri(None)  # MLflow's "not set"
 
 
+def test_a_run_whose_block_raises_ends_failed_and_an_interrupted_one_killed(tmp_path, no_env_uri):
+    import mlflow
+
+    params = params_for(tmp_path)
+    mlc = tracking.mlflow_client(params)
+    with pytest.raises(ValueError, match="stage broke"):
+        with tracking.start_or_resume_run(params, run_name="fails") as run:
+            raise ValueError("stage broke")
+    assert mlc.get_run(run.info.run_id).info.status == "FAILED"
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start_or_resume_run(params, run_id=run.info.run_id):  # a resumed run too
+            raise KeyboardInterrupt
+    assert mlc.get_run(run.info.run_id).info.status == "KILLED"
+    with tracking.start_or_resume_run(params, run_id=run.info.run_id):
+        pass
+    assert mlc.get_run(run.info.run_id).info.status == "FINISHED" and mlflow.active_run() is None
+
+
+SIGTERMED = """
+import os, signal, sys, time
+from genrec import tracking
+from genrec.params import Params, TrackingParams
+
+params = Params(dataset="tiny", tracking=TrackingParams(uri=sys.argv[1]))
+with tracking.start_or_resume_run(params, run_name="terminated") as run:
+    print(run.info.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+print("survived", flush=True)
+"""
+
+
+def test_a_run_terminated_by_sigterm_ends_killed_and_the_process_still_dies_of_it(tmp_path, no_env_uri):
+    import signal
+    import sys
+
+    params = params_for(tmp_path)
+    done = subprocess.run([sys.executable, "-c", SIGTERMED, params.tracking.uri], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    run_id = done.stdout.split()[0]
+    assert "survived" not in done.stdout
+    assert tracking.mlflow_client(params).get_run(run_id).info.status == "KILLED"
+
+
 def test_environment_uri_wins_over_params(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     params = params_for(tmp_path)

@@ -98,10 +98,12 @@ def write_adapter(folder: Path, base: Path, p: Params, seed: int) -> Path:
     return folder
 
 
-def write_metrics(path: Path, split: str, ranks: list[int | None], **eval_overrides) -> dict:
-    """A metrics file exactly as `genrec evaluate` writes it, for users whose targets sit at `ranks`."""
+def write_metrics(path: Path, split: str, ranks: list[int | None], predictions: Path | None = None,
+                  **eval_overrides) -> dict:
+    """A metrics file exactly as `genrec evaluate` writes it, for users u0, u1... whose targets sit at `ranks`;
+    with `predictions`, the predictions file of the same evaluation too."""
     from genrec.io import write_json
-    from genrec.results import summarise
+    from genrec.results import summarise, write_predictions
 
     e = replace(EvalParams(bootstrap_samples=50), split=split, **eval_overrides)
     records = [{"user_id": f"u{u}", "target_item_id": "target"} for u in range(len(ranks))]
@@ -109,6 +111,9 @@ def write_metrics(path: Path, split: str, ranks: list[int | None], **eval_overri
              for rank in ranks]
     metrics = summarise(records, lists, e, 1.0, truncated=0, hopeless=0, shared_titles=0, max_new_tokens=8)
     write_json(path, metrics)
+    if predictions is not None:
+        write_predictions(predictions, [{**r, "target_title": None, "ranked": entries}
+                                        for r, entries in zip(records, lists)])
     return metrics
 
 
@@ -119,18 +124,22 @@ def world(tmp: Path) -> dict:
 
 
 def promote(w: dict, name: str, seed: int, valid_ranks: list, test_ranks: list, **paths):
-    """Make an adapter and its metrics files under `w['tmp']/name`, then run the promote stage on it."""
+    """Make an adapter and its metrics (and validation predictions) files under `w['tmp']/name`, then run the
+    promote stage on it; `paths` may replace a path, `params=` the world's params, and `eval=` (a dict)
+    change the protocol of both metrics files."""
     from genrec.stages import promote as stage
 
     folder = w["tmp"] / name
     model_dir = paths.pop("model_dir", None) or write_adapter(folder / "model", w["base"], w["params"], seed)
-    write_metrics(folder / "valid.json", "valid", valid_ranks)
-    write_metrics(folder / "test.json", "test", test_ranks)
+    params = paths.pop("params", None) or w["params"]
+    overrides = paths.pop("eval", {})
+    write_metrics(folder / "valid.json", "valid", valid_ranks, predictions=folder / "valid.jsonl", **overrides)
+    write_metrics(folder / "test.json", "test", test_ranks, **overrides)
     kwargs = dict(model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
-                  valid_metrics_path=folder / "valid.json", test_metrics_path=folder / "test.json",
-                  out_path=folder / "promotion.json")
+                  valid_metrics_path=folder / "valid.json", valid_predictions_path=folder / "valid.jsonl",
+                  test_metrics_path=folder / "test.json", out_path=folder / "promotion.json")
     kwargs.update(paths)
-    return stage.run(w["params"], **kwargs)
+    return stage.run(params, **kwargs)
 
 
 def write_interim(folder: Path, rows: list[tuple], titles: list[str]) -> Path:

@@ -33,8 +33,8 @@ def load(params_path: Path, overrides: tuple[str, ...]):
         raise click.UsageError(str(err)) from None
 
 
-def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], **paths) -> dict:
-    """Validate params first (cheap), then import the stage module and call its `run()`.
+def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], entry: str = "run", **paths) -> dict:
+    """Validate params first (cheap), then import the stage module and call its `run()` (or `entry`).
 
     The stage's outputs are locked for the whole run (`io.output_lock`), so a second run on the same
     outputs stops at once with a one-line message. Outputs are the command's path options that need not
@@ -55,7 +55,7 @@ def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], **paths)
     stage = importlib.import_module(f"genrec.stages.{name}")
     try:
         with output_lock(*outputs):
-            return stage.run(params, **paths)
+            return getattr(stage, entry)(params, **paths)
     except DataError as err:
         raise click.ClickException(str(err)) from None
 
@@ -248,19 +248,35 @@ def report(params_path, overrides, **paths):
 @main.command()
 @PARAMS_OPTION
 @SET_OPTION
-@click.option("--model", "model_dir", required=True, type=folder(exists=True),
+@click.option("--model", "model_dir", type=folder(exists=True),
               help="Folder written by `genrec train` (adapter, tokenizer, template, mlflow_run.json).")
-@click.option("--base", "base_dir", required=True, type=folder(exists=True),
-              help="Backbone checkpoint the adapter was trained on.")
-@processed_option
-@click.option("--valid-metrics", "valid_metrics_path", required=True, type=file(),
-              help="Metrics of `genrec evaluate` with eval.split=valid: promotion compares their NDCG@10.")
-@click.option("--test-metrics", "test_metrics_path", required=True, type=file(),
-              help="Metrics of `genrec evaluate` on test: recorded as version tags, never compared.")
-@click.option("--out", "out_path", required=True, type=file(), help="JSON report: who was champion, who is, and why.")
-def promote(params_path, overrides, **paths):
-    """Register the adapter as a pyfunc model version and move `champion` to the best by validation NDCG@10."""
-    run_stage("promote", params_path, overrides, **paths)
+@click.option("--base", "base_dir", type=folder(exists=True), help="Backbone checkpoint the adapter was trained on.")
+@click.option("--processed", "processed_dir", type=folder(exists=True),
+              help="Folder with the split (train/valid/test.parquet, items.parquet).")
+@click.option("--valid-metrics", "valid_metrics_path", type=file(),
+              help="Metrics of `genrec evaluate` with eval.split=valid: promotion compares their promote.metric.")
+@click.option("--valid-predictions", "valid_predictions_path", type=file(),
+              help="Predictions of that evaluation: the per-user outcomes of the paired test, stored with the version.")
+@click.option("--test-metrics", "test_metrics_path", type=file(),
+              help="Metrics of `genrec evaluate` on test: recorded as version tags and in the model card, never "
+                   "compared. Other models' metrics files beside it fill the card's baseline table.")
+@click.option("--out", "out_path", type=file(), help="JSON report: who was champion, who is, why, and the test.")
+@click.option("--reset", is_flag=True, help="Archive the current champion (the split or protocol changed); with the "
+              "paths, promote right after, else the next promotion chooses afresh.")
+@click.option("--reason", help="Why the champion is archived (tag archived_reason); required with --reset.")
+def promote(params_path, overrides, reset, reason, **paths):
+    """Register the adapter as a pyfunc version with its model card; move `champion` if it wins a paired test."""
+    missing = [f"--{name.removesuffix('_dir').removesuffix('_path').replace('_', '-')}"
+               for name, value in paths.items() if value is None]
+    if reset != bool(reason):
+        raise click.UsageError("--reset and --reason go together: --reset --reason TEXT")
+    if missing and (not reset or len(missing) < len(paths)):
+        raise click.UsageError(f"missing {', '.join(missing)}" + ("" if not reset else
+                               " (give every path, or none to only archive the champion)"))
+    if reset:
+        run_stage("promote", params_path, overrides, entry="reset", reason=reason)
+    if not missing:
+        run_stage("promote", params_path, overrides, **paths)
 
 
 @main.command()

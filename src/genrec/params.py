@@ -392,6 +392,31 @@ class ReportParams:
         return _at_least("report", self, 1, "paired_samples", "max_k") + _at_least("report", self, 0, "seed")
 
 
+PromoteMetric = Literal["ndcg_at_10", "hr_at_10"]
+PROMOTE_METRICS = get_args(PromoteMetric)
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    metric: PromoteMetric = "ndcg_at_10"
+    """Validation metric promotion compares (per user, for the paired test): ndcg_at_10 | hr_at_10."""
+    alpha: float | None = 0.05
+    """A challenger takes `champion` only if a paired bootstrap gives p < alpha; null: a higher score is enough."""
+    samples: int = 10000
+    """Bootstrap resamples of the validation users for the paired test (p resolves down to 2/(samples+1))."""
+    seed: int = 42
+    """Seed of the paired bootstrap."""
+
+    def problems(self) -> list[str]:
+        out = _at_least("promote", self, 1, "samples") + _at_least("promote", self, 0, "seed")
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            out.append(f"promote.alpha: expected a probability in (0, 1) or null, got {self.alpha!r}")
+        elif self.alpha is not None and not out and self.alpha <= 2 / (self.samples + 1):
+            out.append(f"promote.alpha: {self.alpha!r} is at or below the smallest p-value {self.samples} resamples "
+                       f"can give (2/(samples+1)); raise promote.samples")
+        return out
+
+
 @dataclass(frozen=True)
 class Params:
     dataset: str = "ml-latest-small"
@@ -408,6 +433,7 @@ class Params:
     p5: P5Params = field(default_factory=P5Params)
     sasrec: SasrecParams = field(default_factory=SasrecParams)
     report: ReportParams = field(default_factory=ReportParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
 
     def problems(self) -> list[str]:
         out = [f"{key}: expected a plain folder name, e.g. ml-latest-small, got {name!r}"

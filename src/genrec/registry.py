@@ -15,10 +15,9 @@ the experiment `<prefix>-backbones` tagged with its sha256; a version's `model_c
 artifact URI and the sha256, and loading checks the hash before any weight is read. A version is
 therefore loadable wherever its tracking store is, and never silently runs on another backbone.
 
-Promotion rule (`promote`): the alias `champion` goes to the version with the best VALIDATION
-NDCG@10 (tag `valid.ndcg_at_10`; test metrics are tags for people, never used to choose) among
-versions validated on the same split and protocol; ties keep the current champion, and it never
-moves to a worse version. Aliases replace the deprecated registry stages.
+Which version holds the alias `champion` (aliases replace the deprecated registry stages) is decided by
+`genrec.promotion`: a paired test on validation users, never test metrics. Each version's description
+is its model card (`genrec.model_card`, written by the promote stage through `describe_version`).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -45,10 +43,6 @@ from genrec.params import EvalParams, Params, to_dict
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-SELECT_TAG = "valid.ndcg_at_10"
-"""The version tag promotion compares: validation NDCG@10, never a test metric."""
-COMPARABLE_TAGS = ("split_fingerprint", "valid_protocol")
-"""Versions are compared only when these tags are equal (same split, same evaluation protocol)."""
 MUTABLE_TAGS = ("valid.", "test.", "valid_protocol")
 """Tag prefixes updated when an already registered adapter is promoted again with new metrics."""
 LOGGED_MODEL_NAME = "recommender"
@@ -152,7 +146,8 @@ def store_backbone(params: Params, base_dir: Path) -> tuple[str, str]:
     with tracking.tracking_store(params), \
             mlflow.start_run(experiment_id=experiment_id, run_name=f"backbone-{sha256[:12]}",
                              tags={"genrec.family": "backbone", "genrec.backbone_sha256": sha256,
-                                   "genrec.backbone_source": params.model.base}) as run:
+                                   "genrec.backbone_source": params.model.base}) as run, \
+            tracking.ended_on_sigterm(run):
         mlflow.log_artifacts(str(base_dir), artifact_path=BACKBONE_ARTIFACT)
     return f"{run.info.artifact_uri}/{BACKBONE_ARTIFACT}", sha256
 
@@ -252,81 +247,14 @@ def requirements() -> list[str]:
     return [f"{package}=={importlib.metadata.version(package)}" for package in REQUIREMENTS]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Who held `champion` before, who holds it now, and why."""
+def describe_version(params: Params, version, text: str) -> bool:
+    """Set the version's description (markdown, shown on its page in the MLflow UI) if it differs.
 
-    previous: str | None
-    champion: str
-    moved: bool
-    reason: str
-
-
-def choose_champion(versions: list, current, newcomer) -> Decision:
-    """Apply the promotion rule (module docstring) to registered versions; pure, no registry calls.
-
-    Args:
-        versions: every version of the registered model (ModelVersion-like: .version, .tags).
-        current: the version holding `champion`, or None.
-        newcomer: the version just registered (or found again).
-
-    Raises:
-        ValueError: if the newcomer has no validation NDCG@10 tag.
+    Returns:
+        Whether it changed.
     """
-    def key(v):
-        return tuple(v.tags.get(t) for t in COMPARABLE_TAGS)
-
-    def best_of(candidates):
-        return max(candidates, key=lambda v: (_score(v), -int(v.version)))  # ties: the older version
-
-    if _score(newcomer) is None:
-        raise ValueError(f"version {newcomer.version} has no {SELECT_TAG} tag: promotion does not guess")
-    comparable = [v for v in versions if key(v) == key(newcomer) and _score(v) is not None]
-    metric = "validation NDCG@10"
-    if current is None:
-        best = best_of(comparable)
-        return Decision(None, str(best.version), True, f"no champion yet: version {best.version} has the best "
-                        f"{metric} ({_score(best):.6f}) of {len(comparable)} comparable version(s)")
-    held = str(current.version)
-    if key(current) != key(newcomer) or _score(current) is None:
-        return Decision(held, held, False, f"champion version {held} was validated on another split or protocol "
-                        f"than version {newcomer.version} ({_describe_key(current)} vs {_describe_key(newcomer)}): "
-                        "not comparable, champion kept")
-    others = [v for v in comparable if str(v.version) != held]
-    if not others:
-        return Decision(held, held, False, f"no other comparable version: champion version {held} kept")
-    best = best_of(others)
-    if _score(best) > _score(current):
-        return Decision(held, str(best.version), True, f"version {best.version} has a better {metric} "
-                        f"({_score(best):.6f}) than champion version {held} ({_score(current):.6f})")
-    relation = "ties" if _score(best) == _score(current) else "is below"
-    return Decision(held, held, False, f"the best challenger, version {best.version} ({metric} "
-                    f"{_score(best):.6f}), {relation} champion version {held} ({_score(current):.6f}): champion kept")
-
-
-def _score(version) -> float | None:
-    try:
-        return float(version.tags[SELECT_TAG])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _describe_key(version) -> str:
-    return ", ".join(f"{t}={str(version.tags.get(t))[:12]}" for t in COMPARABLE_TAGS)
-
-
-def promote(params: Params, newcomer) -> Decision:
-    """Move `champion` per `choose_champion`; a no-op when it stays."""
-    from mlflow.exceptions import MlflowException
-
-    mlc = tracking.mlflow_client(params)
-    name = registered_model_name(params)
-    try:
-        current = mlc.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    decision = choose_champion(mlc.search_model_versions(f"name = '{name}'"), current, newcomer)
-    if decision.moved:
-        mlc.set_registered_model_alias(name, CHAMPION, decision.champion)
-    log.info("%s@%s: %s", name, CHAMPION, decision.reason)
-    return decision
+    if (version.description or "") == text:
+        return False
+    tracking.mlflow_client(params).update_model_version(registered_model_name(params), version.version,
+                                                        description=text)
+    return True

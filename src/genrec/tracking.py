@@ -121,14 +121,15 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
     Inside the block MLflow's fluent API logs to the project's store (`tracking_store`).
 
     Yields:
-        mlflow.ActiveRun (the run ends on leaving the `with` block; FAILED if it raised).
+        mlflow.ActiveRun. The run ends on leaving the `with` block: FINISHED, FAILED if the block raised, KILLED
+        if it was interrupted (Ctrl-C, or SIGTERM: `ended_on_sigterm`); never left RUNNING.
     """
     import mlflow
 
     with tracking_store(params):
         experiment_id = ensure_experiment(params)
         if run_id is not None:
-            with mlflow.start_run(run_id=run_id) as run:
+            with mlflow.start_run(run_id=run_id) as run, ended_on_sigterm(run):
                 yield run
             return
         defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset,
@@ -138,8 +139,50 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
             defaults["genrec.dvc_experiment"] = experiment
             run_name = f"{run_name}-{experiment}" if run_name else experiment
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                              tags={**defaults, **(tags or {})}) as run:
+                              tags={**defaults, **(tags or {})}) as run, ended_on_sigterm(run):
             yield run
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while an MLflow run was open (raised by `ended_on_sigterm`'s handler)."""
+
+
+@contextlib.contextmanager
+def ended_on_sigterm(run) -> Iterator[None]:
+    """Inside an open `mlflow.start_run` block: end the run KILLED on Ctrl-C or SIGTERM, then die as the signal would.
+
+    MLflow's own block ends a run FAILED on any exception, KeyboardInterrupt included, and SIGTERM (what
+    `kill`, DVC, schedulers and `accelerate launch` send) ends the process without running it at all, leaving
+    the run RUNNING forever. So while the block runs in the main thread with SIGTERM at its default action,
+    SIGTERM raises `Terminated`; either interruption ends the run KILLED; after the run ended, SIGTERM is
+    delivered again with its default action, so the exit status is the one a plain SIGTERM gives.
+    """
+    import signal
+    import threading
+
+    import mlflow
+
+    install = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+
+    def terminate(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    if install:
+        signal.signal(signal.SIGTERM, terminate)
+    terminated = False
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as err:
+        terminated = isinstance(err, Terminated)
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run.info.run_id:
+            mlflow.end_run("KILLED")
+        raise
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if terminated:
+                signal.raise_signal(signal.SIGTERM)
 
 
 def run_exists(params: Params, run_id: str) -> bool:

@@ -1,6 +1,8 @@
 """The promote stage against a real MLflow registry (SQLite in tmp) with real tiny adapters.
 
-One module fixture plays a sequence of promotions, recording each report and the registry state:
+One module fixture plays a sequence of promotions with `promote.alpha: null` (two validation users cannot
+make a significant paired test; the gate is tested in tests/test_promotion.py), recording each report and
+the registry state:
   first   valid NDCG 0.5                -> version 1, champion (no champion before)
   again   the same adapter, same files  -> no new version, nothing moves
   better  valid NDCG 1.0, test worse    -> version 2 takes the alias
@@ -11,12 +13,14 @@ One module fixture plays a sequence of promotions, recording each report and the
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from genrec import registry, tracking
 from genrec.errors import DataError
-from genrec.io import fingerprint
+from genrec.io import fingerprint, split_fingerprint
+from genrec.params import PromoteParams
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
@@ -34,6 +38,12 @@ def state(w) -> dict:
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     w = tiny.world(tmp_path_factory.mktemp("promote"))
+    w["params"] = replace(w["params"], promote=PromoteParams(alpha=None))
+    baseline = tiny.write_metrics(w["tmp"] / "sasrec.json", "test", [None, 3])
+    baseline.update(model="sasrec", split_fingerprint=split_fingerprint(w["processed"]))
+    for folder in ("first", "again"):  # beside the test metrics: the model card's baseline table
+        (w["tmp"] / folder).mkdir()
+        (w["tmp"] / folder / "sasrec.json").write_text(json.dumps(baseline))
     steps = {}
     steps["first"] = tiny.promote(w, "first", 1, valid_ranks=[1, None], test_ranks=[1, 1])
     steps["first_state"] = state(w)
@@ -135,7 +145,8 @@ def test_missing_validation_metric_is_refused_before_anything_is_registered(hist
 
     with pytest.raises(DataError) as err:
         promote.run(w["params"], model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
-                    valid_metrics_path=valid, test_metrics_path=folder / "test.json", out_path=folder / "p.json")
+                    valid_metrics_path=valid, valid_predictions_path=w["tmp"] / "first" / "valid.jsonl",
+                    test_metrics_path=folder / "test.json", out_path=folder / "p.json")
     message = str(err.value)
     assert str(valid) in message and "evaluate_valid" in message and "\n" not in message
     assert state(w) == before and not (folder / "p.json").exists()
@@ -155,4 +166,43 @@ def test_an_adapter_of_another_dataset_is_refused(history, tmp_path):
     with pytest.raises(DataError, match="trained on dataset 'ml-25m', not 'tiny'"):
         promote.run(w["params"], model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
                     valid_metrics_path=w["tmp"] / "first" / "valid.json",
+                    valid_predictions_path=w["tmp"] / "first" / "valid.jsonl",
                     test_metrics_path=w["tmp"] / "first" / "test.json", out_path=tmp_path / "p.json")
+
+
+def test_each_version_carries_a_model_card_built_from_its_lineage(history):
+    w, steps = history
+    mlc = tracking.mlflow_client(w["params"])
+    card = mlc.get_model_version(NAME, "1").description
+    tags, _ = steps["first_state"]["versions"]["1"]
+    valid = json.loads((w["tmp"] / "first" / "valid.json").read_text())
+    test = json.loads((w["tmp"] / "first" / "test.json").read_text())
+    run_id = tracking.read_run_id(w["tmp"] / "first" / "model")
+    for expected in [f"# {NAME} version 1", "`smollm2-135m-instruct` (llama", tags["backbone_sha256"],
+                     tags["adapter_sha256"], tags["split_fingerprint"], tags["valid_protocol"], tags["git_commit"],
+                     run_id, "| Dataset | `tiny` |",
+                     "| Format | `instruction` |", "`lines`, the latest 5 titles", "{instruction}",  # template.json
+                     "r=2, alpha=4", "| learning_rate |",  # LoRA and training settings
+                     f"`{w['processed']}` | `sha256:{tracking.sha256_path(w['processed'])}`",
+                     f"`{w['base']}` | `sha256:{tracking.sha256_path(w['base'])}`",
+                     "## Baselines on the same split", "| sasrec |"]:
+        assert expected in card, expected
+    ndcg = (f"{valid['ndcg_at_10']:.4f} [{valid['ci95_low']['ndcg_at_10']:.4f}, "
+            f"{valid['ci95_high']['ndcg_at_10']:.4f}]")
+    assert f"| validation | 2 |" in card and ndcg in card
+    assert f"{test['hr_at_10']:.4f} [{test['ci95_low']['hr_at_10']:.4f}," in card
+    assert mlc.get_model_version(NAME, "2").description.count("No baseline metrics") == 1  # none beside "better"
+
+
+def test_predictions_of_another_evaluation_are_refused(history, tmp_path):
+    from genrec.stages import promote
+
+    w, _ = history
+    tiny.write_metrics(tmp_path / "valid.json", "valid", [1, None, 2], predictions=tmp_path / "valid.jsonl")
+    before = state(w)
+    with pytest.raises(DataError, match=r"3 users, but .*valid.json reports 2"):
+        promote.run(w["params"], model_dir=w["tmp"] / "first" / "model", base_dir=w["base"],
+                    processed_dir=w["processed"], valid_metrics_path=w["tmp"] / "first" / "valid.json",
+                    valid_predictions_path=tmp_path / "valid.jsonl",
+                    test_metrics_path=w["tmp"] / "first" / "test.json", out_path=tmp_path / "p.json")
+    assert state(w) == before

@@ -1,14 +1,21 @@
-"""Promote stage: register the trained adapter and move the registry alias `champion` to the best version.
+"""Promote stage: register the trained adapter, write its model card, and decide who holds `champion`.
 
-    genrec promote --model models/<dataset>/genrec --base models/base \\
-        --processed data/processed/<dataset> --valid-metrics reports/<dataset>/metrics_valid/genrec.json \\
+    genrec promote --model models/<dataset>/genrec --base models/base --processed data/processed/<dataset> \\
+        --valid-metrics reports/<dataset>/metrics_valid/genrec.json \\
+        --valid-predictions reports/<dataset>/predictions_valid/genrec.jsonl \\
         --test-metrics reports/<dataset>/metrics/genrec.json --out reports/<dataset>/promotion.json
+    genrec promote --set dataset=<dataset> --reset --reason "protocol changed: 20 beams"
 
 The adapter becomes (at most once) a pyfunc version of `genrec-<dataset>` tagged with its validation
 and test HR/NDCG, the split fingerprint, the validation protocol, the git commit and the backbone
-(`genrec.registry`). `champion` moves only to a version with a strictly better VALIDATION NDCG@10
-on the same split and protocol. Without a validation NDCG@10 the stage refuses: choosing on test
-metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was champion, who is, and why.
+(`genrec.registry`). Its per-user validation ranks are stored with it, and its description is a model
+card built from its lineage (`genrec.model_card`, with the baselines' test metrics found beside the test
+metrics file). `champion` moves only to a version that scores higher on VALIDATION `promote.metric` on the
+same split and protocol AND wins a paired bootstrap over the validation users at `promote.alpha`
+(`genrec.promotion`; `alpha: null`: higher is enough). Without validation metrics the stage refuses:
+choosing on test metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was
+champion, who is, why, and the test that decided. `--reset` archives the champion (when the split or
+protocol changed, it can be compared with nothing new) so that the next promotion starts afresh.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import logging
 import math
 from pathlib import Path
 
-from genrec import registry, tracking
+from genrec import model_card, promotion, registry, tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint, write_json
-from genrec.params import Params
 from genrec.layout import SPLITS
+from genrec.metrics import Rank
+from genrec.params import Params, to_dict
+from genrec.report import read_ranks
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +40,55 @@ REQUIRED_METRICS = ("hr_at_10", "ndcg_at_10")
 
 
 def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path, valid_metrics_path: Path,
-        test_metrics_path: Path, out_path: Path) -> dict:
-    """Register the adapter in `model_dir`, apply the promotion rule, write `out_path`.
+        valid_predictions_path: Path, test_metrics_path: Path, out_path: Path) -> dict:
+    """Register the adapter in `model_dir`, store its validation ranks and card, apply the rule, write `out_path`.
 
     Returns:
         The promotion report written to `out_path`.
 
     Raises:
-        DataError: a missing or malformed metrics file (in particular no validation NDCG@10), a
-            metrics file of the wrong split, an adapter of another dataset, or a missing input.
+        DataError: a missing or malformed metrics or predictions file (in particular no validation NDCG@10),
+            a metrics file of the wrong split, an adapter of another dataset, or a missing input.
     """
-    model_dir, processed_dir = Path(model_dir), Path(processed_dir)
+    model_dir, processed_dir, base_dir = Path(model_dir), Path(processed_dir), Path(base_dir)
     valid = read_metrics(Path(valid_metrics_path), "valid")
     test = read_metrics(Path(test_metrics_path), "test")
+    ranks = read_valid_ranks(Path(valid_predictions_path), valid, Path(valid_metrics_path))
     config = read_model_config(model_dir, params.dataset)
     items_path = processed_dir / "items.parquet"
     for path in [items_path, *(processed_dir / f"{name}.parquet" for name in SPLITS)]:
         if not path.exists():
             raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
-    tags = version_tags(valid, test, config, params,
-                        split_fingerprint=split_fingerprint(processed_dir))
-    version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=Path(base_dir),
+    fingerprint = split_fingerprint(processed_dir)
+    tags = version_tags(valid, test, config, params, split_fingerprint=fingerprint)
+    version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base_dir,
                                                  items_path=items_path, tags=tags)
-    decision = registry.promote(params, version)
+    promotion.store_valid_ranks(params, version, ranks)
+    version = tracking.mlflow_client(params).get_model_version(version.name, version.version)
+    card = model_card.model_card(
+        name=version.name, version=str(version.version), tags=version.tags, config=config,
+        adapter=read_json(model_dir / "adapter_config.json"), template=read_json(model_dir / "template.json"),
+        valid=valid, test=test,
+        baselines=read_baselines(Path(test_metrics_path), fingerprint),
+        data_hashes=data_hashes(params, version.run_id, base_dir, processed_dir), run_id=version.run_id)
+    registry.describe_version(params, version, card)
+    decision = promotion.promote(params, version)
     report = promotion_report(params, version, created, decision)
     write_json(out_path, report)
     log.info("%s: champion is version %s (%s)", out_path, decision.champion, decision.reason)
     return report
+
+
+def reset(params: Params, *, reason: str) -> dict:
+    """Archive the current champion with `reason` (`promotion.archive_champion`); the next promotion starts afresh.
+
+    Returns:
+        What was archived ({"archived": null} when there was no champion).
+    """
+    archived = promotion.archive_champion(params, reason)
+    log.info("next: promote the new adapter (dvc repro -f promote@%s, or genrec promote with its paths)",
+             params.dataset)
+    return {"archived": archived}
 
 
 def read_metrics(path: Path, split: str) -> dict:
@@ -98,6 +129,47 @@ def read_model_config(model_dir: Path, dataset: str) -> dict:
     return config
 
 
+def read_valid_ranks(path: Path, valid: dict, metrics_path: Path) -> dict[str, Rank]:
+    """Per-user validation ranks from the predictions file, checked to be the metrics file's users.
+
+    Raises:
+        DataError: a missing or malformed file, or another number of users than the metrics file's.
+    """
+    ranks = read_ranks(path)
+    if valid.get("users") is not None and valid["users"] != len(ranks):
+        raise DataError(f"{len(ranks)} users, but {metrics_path} reports {valid['users']}", path=path,
+                        fix="rerun the evaluate_valid stage, which writes both (dvc repro evaluate_valid)")
+    return ranks
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def read_baselines(test_metrics_path: Path, fingerprint: str) -> dict[str, dict]:
+    """Other models' test metrics beside `test_metrics_path` computed on the same split, by model name."""
+    found = {}
+    for path in sorted(test_metrics_path.parent.glob("*.json")):
+        if path.resolve() == test_metrics_path.resolve():
+            continue
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (isinstance(metrics, dict) and "ndcg_at_10" in metrics and metrics.get("split_fingerprint") == fingerprint
+                and (metrics.get("protocol") or {}).get("split") == "test"):
+            found[str(metrics.get("model") or path.stem)] = metrics
+    return found
+
+
+def data_hashes(params: Params, run_id: str, base_dir: Path, processed_dir: Path) -> dict[str, str]:
+    """The training run's recorded input hashes (`data.*` params) and those of this stage's inputs (dvc.lock)."""
+    logged = tracking.mlflow_client(params).get_run(run_id).data.params
+    hashes = {f"{logged.get(f'data.{name}_path', name)} (training)": logged[f"data.{name}"]
+              for name in ("base", "prompts") if f"data.{name}" in logged}
+    return {**hashes, **tracking.data_hashes([base_dir, processed_dir])}
+
+
 def version_tags(valid: dict, test: dict, config: dict, params: Params, split_fingerprint: str) -> dict[str, str]:
     """Registry tags: metrics (exact float text, so ties are exact), lineage and comparability keys.
 
@@ -117,8 +189,8 @@ def version_tags(valid: dict, test: dict, config: dict, params: Params, split_fi
     return tags
 
 
-def promotion_report(params: Params, version, created: bool, decision: registry.Decision) -> dict:
-    """Who was champion, who is, why, and every version's validation and test figures."""
+def promotion_report(params: Params, version, created: bool, decision: promotion.Decision) -> dict:
+    """Who was champion, who is, why, the test that decided, and every version's validation and test figures."""
     mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
     versions = sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
@@ -131,14 +203,19 @@ def promotion_report(params: Params, version, created: bool, decision: registry.
         return {"version": int(v.version), "run_id": v.run_id,
                 **{k: _number(v.tags.get(k)) for k in ("valid.ndcg_at_10", "valid.hr_at_10", "test.ndcg_at_10",
                                                        "test.hr_at_10")},
-                "split_fingerprint": v.tags.get("split_fingerprint"), "valid_protocol": v.tags.get("valid_protocol")}
+                "split_fingerprint": v.tags.get("split_fingerprint"), "valid_protocol": v.tags.get("valid_protocol"),
+                "archived_reason": v.tags.get(promotion.ARCHIVED_TAG)}
 
+    rule = ("best validation score among versions with the same split and validation protocol; a challenger must "
+            + ("also win a paired bootstrap over the validation users (two-sided p < alpha, positive difference)"
+               if params.promote.alpha is not None else "only score higher (promote.alpha: null)")
+            + "; ties and non-significant wins keep the champion; test metrics never used")
     return {"registered_model": name, "alias": registry.CHAMPION, "model_uri": registry.champion_uri(params),
-            "select_metric": registry.SELECT_TAG, "rule": "best validation NDCG@10 among versions with the same "
-            "split and validation protocol; ties keep the champion; never a worse version; test metrics never used",
-            "this_version": {**summary(version.version), "created": created},
+            "select_metric": promotion.select_tag(params.promote.metric), "promote": to_dict(params.promote),
+            "rule": rule, "this_version": {**summary(version.version), "created": created},
             "previous_champion": summary(decision.previous), "champion": summary(decision.champion),
-            "moved": decision.moved, "reason": decision.reason, "versions": [summary(v.version) for v in versions]}
+            "moved": decision.moved, "reason": decision.reason, "test": decision.test,
+            "versions": [summary(v.version) for v in versions]}
 
 
 def _number(text: str | None) -> float | None:

@@ -8,7 +8,14 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install repro test ui clean-venv
+# `make server`: the team's MLflow tracking server (README "Team set-up"). Its own store, not ./mlflow.db:
+# runs logged through it keep their artifacts behind its proxy, so every client can read them.
+SERVER_STORE ?= sqlite:///mlflow-server.db
+SERVER_ARTIFACTS ?= mlartifacts-server
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+
+.PHONY: install repro test ui server push pull clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +33,21 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+server: $(STAMP)
+	mlflow server --backend-store-uri $(SERVER_STORE) --artifacts-destination $(SERVER_ARTIFACTS) \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
+
+# Data, models and reports to and from the DVC remote (`dvc remote add -d ...`, README "Team set-up").
+# pull --allow-missing: fetch what the remote has; outputs nobody produced or pushed yet are listed as
+# warnings instead of failing the whole pull, and `dvc status` then names the stages to run.
+# DVC_TARGETS: stages or outputs to move (default: all), e.g. `make push DVC_TARGETS=train`.
+DVC_TARGETS ?=
+push: $(STAMP)
+	dvc push $(DVC_TARGETS)
+
+pull: $(STAMP)
+	dvc pull --allow-missing $(DVC_TARGETS)
 
 clean-venv:
 	rm -rf $(VENV)

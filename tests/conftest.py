@@ -33,3 +33,28 @@ def no_outside_mlflow_store():
     yield
     if before is not None:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After pytest's own summary, just above the final count: every skipped test with its reason.
+
+    Each skip reason says what is missing and how to get it (e.g. the browser test names the Debian
+    packages), so a run that skipped something says so where it cannot be missed.
+    """
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        by_reason.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+    terminalreporter.section(f"{len(skipped)} test(s) skipped: not run on this machine", sep="=", yellow=True)
+    for reason, nodeids in by_reason.items():
+        terminalreporter.line(f"{reason}:", yellow=True)
+        for nodeid in nodeids:
+            terminalreporter.line(f"    {nodeid}")
+    terminalreporter.line("Each reason names what is missing: provide it, then rerun `make test` "
+                          "(or `pytest <test id>`).")
+    terminalreporter.line("CI=true turns the browser test's skip into a failure.")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from genrec import tracking
+from genrec.io import split_fingerprint
 from genrec.params import Params, TrackingParams
+
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 
 def params_for(tmp: Path, dataset: str = "tiny") -> Params:
@@ -109,9 +114,9 @@ def test_calls_leave_the_tracking_uri_and_environment_as_they_were(tmp_path, mon
             mlflow.log_metric("m", 1.0)
             tracking.write_run_file(tmp_path / tracking.RUN_FILE, run)
         unchanged("start_or_resume_run")
-        with tracking.start_or_resume_run(params, run_id=run.info.run_id):
+        with tracking.start_or_resume_run(params, run_id=run.info.run_id, system_metrics=True):
             pass
-        unchanged("start_or_resume_run(run_id=...)")
+        unchanged("start_or_resume_run(run_id=..., system_metrics=True)")
         with pytest.raises(RuntimeError), tracking.start_or_resume_run(params):
             raise RuntimeError("a failing stage")
         unchanged("start_or_resume_run that raised")
@@ -168,6 +173,50 @@ def test_a_run_terminated_by_sigterm_ends_killed_and_the_process_still_dies_of_i
     run_id = done.stdout.split()[0]
     assert "survived" not in done.stdout
     assert tracking.mlflow_client(params).get_run(run_id).info.status == "KILLED"
+
+
+def test_system_metrics_are_sampled_only_for_runs_that_ask_and_continue_when_resumed(tmp_path, no_env_uri,
+                                                                                     monkeypatch):
+    monkeypatch.delenv(tracking.INTERVAL_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)  # MLflow's own switch: off
+    params = params_for(tmp_path)
+    params = replace(params, tracking=replace(params.tracking, system_metrics_interval=0.2))
+    with tracking.start_or_resume_run(params, system_metrics=True) as run:
+        time.sleep(1.5)
+    with tracking.start_or_resume_run(params) as plain:  # evaluation and promotion reopen runs like this
+        time.sleep(0.6)
+    with tracking.start_or_resume_run(params, run_id=run.info.run_id, system_metrics=True):
+        time.sleep(0.6)
+
+    client = tracking.mlflow_client(params)
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) >= 4 and steps == sorted(set(steps)), steps  # the resumed run continued the series
+    assert not [name for name in client.get_run(plain.info.run_id).data.metrics if name.startswith("system/")]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_the_split_is_a_dataset_input_named_by_part_with_the_fingerprint_as_digest(tmp_path, no_env_uri):
+    params = params_for(tmp_path)
+    processed = tiny_genrec.write_split(tmp_path / "processed")
+    with tracking.start_or_resume_run(params) as run:
+        tracking.log_split_input(params, processed, "train", "training")
+    for part in ("valid", "test", "test"):  # evaluate reopens the run; logging a part twice keeps one input
+        with tracking.start_or_resume_run(params, run_id=run.info.run_id):
+            tracking.log_split_input(params, processed, part, "evaluation")
+
+    inputs = tracking.mlflow_client(params).get_run(run.info.run_id).inputs.dataset_inputs
+    fingerprint = split_fingerprint(processed)
+    found = {i.dataset.name: (i.dataset.digest, json.loads(i.dataset.source), {t.key: t.value for t in i.tags})
+             for i in inputs}
+    assert sorted(found) == ["tiny/test", "tiny/train", "tiny/valid"] and len(inputs) == 3
+    for name, (digest, source, tags) in found.items():
+        assert digest == fingerprint[:36] and source == {"uri": str(processed)}
+        assert tags["mlflow.data.context"] == ("training" if name == "tiny/train" else "evaluation")
+        assert tags["genrec.split_fingerprint"] == fingerprint
+    assert found["tiny/train"][2]["genrec.rows"] == str(4 * tiny_genrec.USERS)
+    assert found["tiny/test"][2]["genrec.rows"] == str(tiny_genrec.USERS)
 
 
 def test_environment_uri_wins_over_params(tmp_path, monkeypatch):

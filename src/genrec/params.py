@@ -213,9 +213,13 @@ class TrackingParams:
     """Folder for run artifacts; None: `mlartifacts/` beside a SQLite database (the server decides otherwise)."""
     experiment_prefix: str = "genrec"
     """Experiments are named <prefix>-<dataset>, one per dataset."""
+    system_metrics: bool = True
+    """Training runs log CPU, memory, disk and network use as `system/*` metrics (GPU with nvidia-ml-py)."""
+    system_metrics_interval: float = 10.0
+    """Seconds between system-metric samples; env MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it."""
 
     def problems(self) -> list[str]:
-        return []
+        return _above("tracking", self, 0, "system_metrics_interval")
 
 
 EvalSplit = Literal["test", "valid"]

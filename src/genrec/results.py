@@ -67,8 +67,9 @@ def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictions_path: Path,
-                  prefix: str | None = None) -> None:
-    """Log the metrics (prefixed by the split, or `prefix`) and the predictions file into the model's run."""
+                  prefix: str | None = None, processed_dir: Path | None = None) -> None:
+    """Log the metrics (prefixed by the split, or `prefix`) and the predictions file into the model's run,
+    and the evaluated part of the split in `processed_dir` as the run's `evaluation` dataset input."""
     import mlflow
 
     from genrec import tracking
@@ -78,4 +79,6 @@ def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictio
         logged = tracking.log_metrics_file(metrics_path, prefix=prefix)
         mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{prefix}")
         mlflow.log_artifact(str(predictions_path), artifact_path=f"eval/{prefix}")
+        if processed_dir is not None:
+            tracking.log_split_input(params, processed_dir, params.eval.split, "evaluation")
     log.info("logged %d metrics and the predictions to MLflow run %s", len(logged), tracking.read_run_id(model_dir))

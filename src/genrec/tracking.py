@@ -9,6 +9,10 @@ directory) unless the environment sets MLFLOW_TRACKING_URI. Each experiment (`<p
 created with an explicit artifact location, `mlartifacts/<experiment>` beside a SQLite database, so
 artifacts never land in an unexpected `./mlruns`.
 
+Training runs also record system metrics (`system/*`, sampled every `tracking.system_metrics_interval`
+seconds by MLflow's monitor), and every run that trains or evaluates on a split logs it as an MLflow
+dataset input (`log_split_input`), so the runs table's Dataset column and filter tell splits apart.
+
 Nothing here changes MLflow's global state for longer than a call: clients get the URI explicitly, and
 MLflow's fluent API (`mlflow.log_*` in the stages) points at the store only inside `tracking_store` or
 `start_or_resume_run`, which put the previous tracking URI and environment back on exit.
@@ -27,7 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from genrec.io import sha256_file, write_json
+from genrec.io import sha256_file, split_fingerprint, write_json
 from genrec.params import Params, to_dict
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,9 @@ DVC_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 URI_ENV = "MLFLOW_TRACKING_URI"  # `mlflow.set_tracking_uri` exports it for subprocesses
 TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"  # MLflow checks it before each telemetry event
+# MLflow's system-metrics monitor reads its sampling interval only from here (start_run has no argument).
+INTERVAL_ENV = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+DIGEST_LENGTH = 36  # MLflow's limit on a dataset digest (MAX_DATASET_DIGEST_SIZE)
 
 
 def tracking_uri(params: Params) -> str:
@@ -72,19 +79,22 @@ def mlflow_client(params: Params):
 def tracking_store(params: Params) -> Iterator[str]:
     """Point MLflow's fluent API (`mlflow.start_run`, `mlflow.log_*`) at the project's store for a block.
 
-    Telemetry is off inside the block unless MLFLOW_DISABLE_TELEMETRY says otherwise. On exit the
-    previous tracking URI, MLFLOW_TRACKING_URI and MLFLOW_DISABLE_TELEMETRY are restored exactly
-    (`mlflow.set_tracking_uri` exports the URI to the environment, where `tracking_uri` would read it).
+    Telemetry is off inside the block unless MLFLOW_DISABLE_TELEMETRY says otherwise, and system metrics
+    are sampled every `tracking.system_metrics_interval` seconds unless
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise. On exit the previous tracking URI and those
+    three variables are restored exactly (`mlflow.set_tracking_uri` exports the URI to the environment,
+    where `tracking_uri` would read it).
 
     Yields:
         The tracking URI in use.
     """
     import mlflow
 
-    saved_env = {name: os.environ.get(name) for name in (URI_ENV, TELEMETRY_ENV)}
+    saved_env = {name: os.environ.get(name) for name in (URI_ENV, TELEMETRY_ENV, INTERVAL_ENV)}
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     uri = tracking_uri(params)
     os.environ.setdefault(TELEMETRY_ENV, "true")
+    os.environ.setdefault(INTERVAL_ENV, str(params.tracking.system_metrics_interval))
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
@@ -111,14 +121,18 @@ def ensure_experiment(params: Params) -> str:
 
 @contextlib.contextmanager
 def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str | None = None,
-                        tags: dict[str, str] | None = None):
+                        tags: dict[str, str] | None = None, system_metrics: bool = False):
     """Start a new run in the dataset's experiment, or reopen `run_id`; use it as a context manager.
 
     A new run is tagged `genrec.family=genrec`, `genrec.dataset=<dataset>` and `genrec.git_commit`
     (HEAD, `-dirty` when tracked files changed, `none` outside a repository), `genrec.dvc_experiment`
     under `dvc exp run` (DVC's DVC_EXP_NAME), then with `tags` (which may override them, e.g.
     `{"genrec.family": "p5"}`). Under `dvc exp run` the experiment's name is appended to `run_name`.
-    Inside the block MLflow's fluent API logs to the project's store (`tracking_store`).
+    Inside the block MLflow's fluent API logs to the project's store (`tracking_store`). With
+    `system_metrics` (the training stages pass `tracking.system_metrics`), MLflow's monitor logs CPU,
+    memory, disk and network use, and GPU use where nvidia-ml-py sees one, until the block ends; a
+    resumed run continues the series at the next step. Without it, MLflow's own switch decides
+    (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, off unless set).
 
     Yields:
         mlflow.ActiveRun. The run ends on leaving the `with` block: FINISHED, FAILED if the block raised, KILLED
@@ -129,7 +143,8 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
     with tracking_store(params):
         experiment_id = ensure_experiment(params)
         if run_id is not None:
-            with mlflow.start_run(run_id=run_id) as run, ended_on_sigterm(run):
+            with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None) as run, \
+                    ended_on_sigterm(run):
                 yield run
             return
         defaults = {"genrec.family": "genrec", "genrec.dataset": params.dataset,
@@ -138,8 +153,8 @@ def start_or_resume_run(params: Params, run_id: str | None = None, run_name: str
         if experiment:
             defaults["genrec.dvc_experiment"] = experiment
             run_name = f"{run_name}-{experiment}" if run_name else experiment
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                              tags={**defaults, **(tags or {})}) as run, ended_on_sigterm(run):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**defaults, **(tags or {})},
+                              log_system_metrics=system_metrics or None) as run, ended_on_sigterm(run):
             yield run
 
 
@@ -183,6 +198,31 @@ def ended_on_sigterm(run) -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if terminated:
                 signal.raise_signal(signal.SIGTERM)
+
+
+def log_split_input(params: Params, processed_dir: str | Path, part: str, context: str) -> None:
+    """Log the split as an MLflow dataset input of the active run: what the UI's Dataset column shows.
+
+    Named `<dataset>/<part>` (part: train, valid or test), with source the processed folder as given
+    (`data/processed/<dataset>` under DVC) and digest the split fingerprint cut to MLflow's 36
+    characters; the full fingerprint and the part's row count are input tags. MLflow keeps one input
+    per (name, digest) and run, so the part is in the name: a run trained on `train` and evaluated on
+    `valid` and `test` shows three inputs, each with its context (`training` or `evaluation`).
+    """
+    import warnings
+
+    import mlflow
+    import pyarrow.parquet as pq
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    fingerprint = split_fingerprint(processed_dir)
+    with warnings.catch_warnings():  # the local source is registered twice ("file" and ""): same class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(processed_dir))
+    dataset = MetaDataset(source, name=f"{params.dataset}/{part}", digest=fingerprint[:DIGEST_LENGTH])
+    rows = pq.ParquetFile(Path(processed_dir) / f"{part}.parquet").metadata.num_rows
+    mlflow.log_input(dataset, context=context, tags={"genrec.split_fingerprint": fingerprint, "genrec.rows": str(rows)})
 
 
 def run_exists(params: Params, run_id: str) -> bool:

@@ -148,6 +148,10 @@ def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path)
     assert logged.data.metrics["test.ci95_high.ndcg_at_10"] == pytest.approx(metrics["ci95_high"]["ndcg_at_10"])
     artifacts = {a.path for a in client.list_artifacts(active.info.run_id, "eval/test")}
     assert artifacts == {"eval/test/metrics.json", "eval/test/predictions.jsonl"}
+    (evaluated,) = logged.inputs.dataset_inputs  # the test part of the split, as the run's evaluation dataset
+    assert evaluated.dataset.name == f"{p.dataset}/test"
+    assert evaluated.dataset.digest == metrics["split_fingerprint"][:36]
+    assert {t.key: t.value for t in evaluated.tags}["mlflow.data.context"] == "evaluation"
 
 
 def test_unconstrained_mode_counts_invalid_beams(world, tmp_path):

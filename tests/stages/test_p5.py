@@ -107,6 +107,9 @@ def test_metrics_land_in_the_training_run(trained):
     assert run.data.tags["genrec.family"] == "p5" and run.data.tags["genrec.dataset"] == "ml-latest-small"
     assert run.data.tags["genrec.backbone"] == p5.SCRATCH_LABEL
     assert "p5.loss" in run.data.metrics and "test.hr_at_10" in run.data.metrics
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+                for i in run.inputs.dataset_inputs}
+    assert contexts == {"ml-latest-small/train": "training", "ml-latest-small/test": "evaluation"}
 
 
 def test_user_sample_matches_the_evaluate_stage(trained):

@@ -25,6 +25,7 @@ import yaml
 
 from genrec import sft, tracking
 from genrec.errors import DataError
+from genrec.io import split_fingerprint
 from genrec.params import LoraParams, Params, TrackingParams, TrainParams, load_params, to_dict
 from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
 from genrec.stages import train
@@ -262,7 +263,8 @@ def test_fingerprint_ignores_logging_but_not_training_params(tmp_path):
 
 def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_path):
     """train.format=sequence: documents from the split, the template saved for evaluation, curve points in
-    curve.csv and MLflow; the evaluate stage then ranks real titles with the line end as end marker."""
+    curve.csv and MLflow; the evaluate stage then ranks real titles with the line end as end marker. The run
+    shows the split as its training and evaluation datasets, and the machine's use while it trained."""
     from mlflow.tracking import MlflowClient
 
     from genrec.params import EvalParams
@@ -276,7 +278,7 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
     params = Params(dataset="tiny", train=tiny_train_params(
         format="sequence", prompt_history=3, epochs=4, batch_size=2, micro_batch_size=2, max_seq_length=48,
         curve_steps=2, curve_users=4, eval_steps=None, save_steps=100),
-        tracking=TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        tracking=TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", system_metrics_interval=0.2),
         eval=EvalParams(batch_size=4, bootstrap_samples=50))
     out, curve_dir = tmp_path / "models" / "genrec", tmp_path / "curve"
     result = train.run(params, base_dir=base, prompts_dir=tmp_path / "prompts", processed_dir=processed,
@@ -310,6 +312,12 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
         titles = [entry["title"] for entry in prediction["ranked"]]
         assert titles and set(titles) <= set(tiny_genrec.TITLES)
         assert not set(titles) & train_items[prediction["user_id"]]  # history excluded
+    run = MlflowClient(params.tracking.uri).get_run(result["run_id"])
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert {name: tags["mlflow.data.context"] for name, tags in inputs.items()} == {
+        "tiny/train": "training", "tiny/test": "evaluation"}
+    assert {i.dataset.digest for i in run.inputs.dataset_inputs} == {split_fingerprint(processed)[:36]}
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled every 0.2 s while it trained
 
     # D3's text-free assistant: SASRec trained on the same split; a heavy weight makes its favourite title
     # (among those not excluded) every user's first recommendation, reported as genrec+sasrec.

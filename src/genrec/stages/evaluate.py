@@ -93,7 +93,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
     if model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists():
         log_to_mlflow(params, Path(model_dir), metrics_path, predictions_path,
-                      prefix=params.eval.split + ("_sasrec" if assistant is not None else ""))
+                      prefix=params.eval.split + ("_sasrec" if assistant is not None else ""),
+                      processed_dir=processed_dir)
     return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
 
 

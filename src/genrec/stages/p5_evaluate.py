@@ -93,5 +93,5 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     write_json(metrics_path, metrics)
     log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(users),
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
-    log_to_mlflow(params, model_dir, Path(metrics_path), Path(predictions_path))
+    log_to_mlflow(params, model_dir, Path(metrics_path), Path(predictions_path), processed_dir=processed_dir)
     return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}

@@ -67,8 +67,9 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path) -> dict:
     log.info("P5 (%s, %.1fM parameters, %s indexing): %d training and %d validation prompts on %s", label,
              model.num_parameters() / 1e6, index.method, len(train), len(valid), device)
 
-    with tracking.start_or_resume_run(params, run_name="p5") as mlrun:
+    with tracking.start_or_resume_run(params, run_name="p5", system_metrics=params.tracking.system_metrics) as mlrun:
         mlflow.set_tags({"genrec.family": "p5", "genrec.backbone": label})
+        tracking.log_split_input(params, processed_dir, "train", "training")
         mlflow.log_params({k: str(v)[:tracking.MAX_PARAM_LENGTH] for k, v in tracking.flatten(
             {"dataset": params.dataset, "split": to_dict(params.split), "prompts": to_dict(params.prompts),
              "p5": to_dict(p), "split_fingerprint": split_hash}).items()})

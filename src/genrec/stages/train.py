@@ -14,7 +14,8 @@ packed); `instruction` trains the paper's prompt/completion records (`genrec.pro
 the oldest history titles are dropped to fit `train.max_seq_length`, never the target; loss on the
 completion, which ends with exactly one EOS, checked). The template used is saved beside the adapter.
 With `train.curve_steps`, validation HR/NDCG on `train.curve_users` users are measured during training
-(`genrec.curve`) and written to `--curve` and the MLflow run.
+(`genrec.curve`) and written to `--curve` and the MLflow run, which also records the split as its
+training dataset and the machine's CPU/memory/GPU use (`tracking.system_metrics`).
 
 Checkpoints go to `<out>.checkpoints/`, outside the DVC out (which DVC deletes before a rerun), so
 `train.resume: auto` continues after a kill from the last complete checkpoint of the same
@@ -95,11 +96,14 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
         log.warning("MLflow run %s of the checkpoint is gone from %s: logging to a new run", run_id,
                     tracking.tracking_uri(params))
         run_id = None
-    mlflow_run = (tracking.start_or_resume_run(params, run_id=run_id, run_name=run_name(params, fingerprint))
+    mlflow_run = (tracking.start_or_resume_run(params, run_id=run_id, run_name=run_name(params, fingerprint),
+                                               system_metrics=params.tracking.system_metrics)
                   if main else contextlib.nullcontext())
     with mlflow_run as mlrun:
         if main:
             write_json(checkpoint_dir(out_dir) / STATE_FILE, {"fingerprint": fingerprint, "run_id": mlrun.info.run_id})
+            if processed_dir is not None:  # instruction prompts come from the same split
+                tracking.log_split_input(params, processed_dir, "train", "training")
             if run_id is None:  # a resumed run has them (same fingerprint); MLflow refuses to change a param
                 tracking.log_params(params, {"data": {
                     "base": hashes[str(base_dir)], "prompts": hashes[str(prompts_dir)],

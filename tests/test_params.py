@@ -35,6 +35,7 @@ def typed(value):
 
 def test_params_yaml_states_every_default_of_the_dataclasses(root):
     raw = yaml.safe_load((root / "params.yaml").read_text())
+    del raw["dataset_params"]  # a layer over the sections, not a section: tested below
     in_yaml = {key: typed(value) for key, value in leaves(raw).items()}
     in_dataclasses = {key: typed(value) for key, value in leaves(to_dict(Params())).items()}
     assert in_yaml == in_dataclasses  # every key in both, and every value equal
@@ -62,7 +63,8 @@ def wrong_values(hint) -> list:
     return values
 
 
-@pytest.mark.parametrize("key", sorted(leaves(yaml.safe_load(PARAMS_YAML.read_text()))))
+@pytest.mark.parametrize("key", sorted(k for k in leaves(yaml.safe_load(PARAMS_YAML.read_text()))
+                                     if not k.startswith("dataset_params.")))
 def test_every_key_refuses_a_value_of_the_wrong_type(key, tmp_path):
     """Walks every leaf of params.yaml, so that a key added later is covered without a new test."""
     for value in wrong_values(field_type(key)):
@@ -215,9 +217,15 @@ def test_dvc_yaml_params_exist_in_params_yaml(root):
     used = {"datasets", "dataset"}  # foreach: ${datasets}; each instance's command sets dataset
     for name, stage in stages.items():
         assert stage.get("foreach", "${datasets}") == "${datasets}", name
+        if "foreach" in stage:  # every per-dataset stage reruns when its dataset's own settings change
+            assert "dataset_params.${item}" in stage["do"]["params"], name
         stage = stage.get("do", stage)
         for entry in stage.get("params", []):
             keys = entry if isinstance(entry, str) else next(iter(entry))
+            if keys == "dataset_params.${item}":
+                assert set(raw["datasets"]) <= set(raw["dataset_params"]), "DVC needs an entry per dataset"
+                used.add("dataset_params")
+                continue
             node = raw
             for part in keys.split("."):
                 assert part in node, f"dvc.yaml stage {name} lists param {keys!r}, absent from params.yaml"
@@ -248,3 +256,59 @@ def test_to_dict_round_trips(root, tmp_path):
     again = load_params(tmp_path / "params.yaml")
     assert again == params
     assert to_dict(again) == data
+
+
+# dataset_params: each dataset's own settings, laid over the sections, under the command line's overrides.
+
+def test_a_dataset_entry_applies_to_its_dataset_only(root):
+    assert load_params(root / "params.yaml") == Params()  # ml-latest-small's entry is empty
+    toys = load_params(root / "params.yaml", ["dataset=toys-p5"])
+    assert (toys.ingest.drop_untitled, toys.p5.epochs, toys.eval.max_users) == (True, 3, 1000)
+    assert toys.split == Params().split and toys.train == Params().train
+
+
+def test_the_command_line_wins_over_the_entry_and_can_edit_or_drop_it(root):
+    path = root / "params.yaml"
+    assert load_params(path, ["dataset=toys-p5", "p5.epochs=7"]).p5.epochs == 7
+    assert load_params(path, ["p5.epochs=7", "dataset=toys-p5"]).p5.epochs == 7  # order does not matter
+    assert load_params(path, ["dataset=toys-p5", "dataset_params.toys-p5.p5.epochs=5"]).p5.epochs == 5
+    dropped = load_params(path, ["dataset=toys-p5", "++dataset_params.toys-p5=null"])  # DVC's ++ form
+    assert (dropped.p5.epochs, dropped.eval.max_users) == (10, None)
+
+
+@pytest.mark.parametrize("entry", [{"p5.epochs": 3, "eval": {"max_users": 9}},
+                                   {"p5": {"epochs": 3}, "eval.max_users": 9}])
+def test_an_entry_takes_dotted_keys_or_nested_sections(tmp_path, root, entry):
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["dataset_params"]["toys-p5"] = entry
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml", ["dataset=toys-p5"])
+    assert (params.p5.epochs, params.eval.max_users) == (3, 9)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("dataset_params.toys-p5.p5.epoch=3",
+     "dataset_params.toys-p5.p5.epoch: unknown key; did you mean dataset_params.toys-p5.p5.epochs?"),
+    ("dataset_params.toys-p5.bogus=3", "dataset_params.toys-p5.bogus: unknown key"),
+    ("dataset_params.toys-p5.p5.epochs=three", "dataset_params.toys-p5.p5.epochs: expected an integer, got 'three'"),
+    ("dataset_params.toys-p5.eval=5", "dataset_params.toys-p5.eval: expected a section of keys, got 5"),
+    ("dataset_params.toys-p5.dataset=x", "dataset_params.toys-p5.dataset: not settable per dataset"),
+    ("dataset_params.toys-p5.train.accelerate_profile=4gpu",
+     "dataset_params.toys-p5.train.accelerate_profile: not settable per dataset"),
+    ("dataset_params.toys-p5=3", "dataset_params.toys-p5: expected a mapping of params keys"),
+    ("dataset_params=[a]", "dataset_params: expected a mapping of dataset names"),
+    ("datasets=[ml-latest-small, ml-1m]", "dataset_params: no entry for 'ml-1m' of datasets; add `ml-1m: {}`"),
+])
+def test_a_bad_entry_is_refused_naming_its_key_even_for_another_dataset(root, override, expected):
+    with pytest.raises(ParamsError) as err:
+        load_params(root / "params.yaml", [override])  # the dataset is ml-latest-small
+    assert str(err.value) == f"{root / 'params.yaml'}: {expected}" or expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_range_problem_from_an_entry_names_the_entry(root):
+    with pytest.raises(ParamsError, match=r"p5\.epochs: expected an integer >= 1, got 0 \(set by "
+                                          r"dataset_params\.toys-p5\)$"):
+        load_params(root / "params.yaml", ["dataset=toys-p5", "dataset_params.toys-p5.p5.epochs=0"])
+    with pytest.raises(ParamsError, match=r"p5\.epochs: expected an integer >= 1, got 0$"):
+        load_params(root / "params.yaml", ["dataset=toys-p5", "p5.epochs=0"])  # the command line's own value

@@ -141,7 +141,7 @@ def test_a_second_dataset_builds_beside_the_first_and_touches_nothing_of_it(repo
     (raw / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Item {i}\n" for i in range(8)) + "untitled,\n")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["datasets"] = [DATASET, "tinyset"]
-    params["ingest"]["drop_untitled"] = True
+    params["dataset_params"]["tinyset"] = {"ingest": {"drop_untitled": True}}  # tinyset's own setting
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = _run(["dvc", "repro", "prompts@tinyset"], repo, env)

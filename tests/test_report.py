@@ -50,3 +50,36 @@ def test_paper_table_is_labelled_as_the_papers():
     lines = report.paper_table()
     assert lines[0].startswith("| dataset (paper)")
     assert any("MovieLens 25M | GenRec | 0.1034 | 0.0716 | 0.1311 | 0.0837" in line for line in lines)
+
+
+def test_every_model_is_restricted_to_the_references_sample_with_recomputed_intervals():
+    from genrec.metrics import ranking_metrics
+
+    everyone = {f"u{i}": (1 if i % 4 == 0 else None) for i in range(40)}
+    sample = {u: everyone[u] for u in list(everyone)[::4]}  # the reference decoded 10 of the 40 users
+    ref = result("genrec", ranks={u: 2 for u in sample})
+    ref.metrics.update({"seed": 7, "protocol": {"split": "test", "k": [5, 10], "max_users": 10}})
+    base = result("mostpop", ranks=everyone)
+    base.metrics.update({"users": 40, "valid_beam_share": 1.0})
+    restricted, info = report.on_reference_users([ref, base], "genrec", samples=100, seed=3)
+    assert restricted[0] is ref
+    mostpop = restricted[1]
+    assert set(mostpop.ranks) == set(sample) and mostpop.metrics["users"] == 10
+    expected = ranking_metrics(list(sample.values()), [5, 10], 100, 3)  # the evaluations' own code
+    assert mostpop.metrics["hr_at_10"] == expected["hr_at_10"] == 1.0  # every sampled user was a hit
+    assert mostpop.metrics["ci95_low"] == expected["ci95_low"] and mostpop.metrics["valid_beam_share"] is None
+    assert base.metrics["users"] == 40 and base.metrics["hr_at_10"] == 0.1  # the all-users result is untouched
+    assert info == {"reference": "genrec", "users": 10, "of": 40, "seed": 7, "max_users": 10, "short": {}}
+    text = report.sample_statement(info, 100)
+    assert "seeded sample of 10 of the 40 test users (eval.max_users=10, eval.seed=7)" in text
+
+
+def test_no_restriction_without_a_sample_and_a_short_model_is_named():
+    same = {"u1": 1, "u2": None}
+    ref, other = result("genrec", ranks=same), result("p5", ranks=dict(same))
+    assert report.on_reference_users([ref, other], "genrec", 100, 0) == ([ref, other], None)
+    assert report.on_reference_users([other], "genrec", 100, 0) == ([other], None)  # no reference
+    partial = result("sasrec", ranks={"u1": 1, "u3": 1})  # lacks u2, has u3 beyond the sample
+    restricted, info = report.on_reference_users([ref, partial], "genrec", 100, 0)
+    assert set(restricted[1].ranks) == {"u1"} and info["short"] == {"sasrec": 1}
+    assert "sasrec lacks 1 of its users" in report.sample_statement(info, 100)

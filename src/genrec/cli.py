@@ -291,6 +291,22 @@ def table(params_path, overrides, **paths):
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=folder(exists=True))
+@click.option("--out", "out_path", required=True, type=file(), help="Markdown file: mean ± 95% t-interval per metric.")
+def seeds(runs, out_path):
+    """Several seeds of one configuration: each metric's mean and 95% t-interval across RUNS (each a run's
+    reports/<dataset> folder or its metrics/ folder), beside the per-user bootstrap intervals."""
+    from genrec import seeds as variation
+    from genrec.errors import DataError
+
+    try:
+        variation.write(list(runs), out_path)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{len(runs)} runs -> {out_path}")
+
+
+@main.command()
 @click.argument("name", required=False)
 @click.option("--as", "form", type=click.Choice(["dvc", "genrec"]), default="dvc", show_default=True,
               help="dvc: `-S key=value` words for `dvc exp run`; genrec: `--set key=value` words.")

@@ -1,6 +1,7 @@
 """Typed parameters: one frozen dataclass per `params.yaml` section, validated once.
 
-`load_params` reads the YAML, applies `section.key=value` overrides and builds every section. Each value is
+`load_params` reads the YAML, lays the dataset's own entry of `dataset_params` over it, applies the command line's
+`section.key=value` overrides (which win) and builds every section. Each value is
 checked against its field's annotation in one place (`_coerce`): bool is not a number, an int is no bool, an
 integral float is an int, `X | None` takes null, `Literal` lists the choices. Each section's `problems()` then
 checks ranges and cross-field rules. Every problem is collected before one `ParamsError` names each bad key.
@@ -8,6 +9,7 @@ checks ranges and cross-field rules. Every problem is collected before one `Para
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -632,7 +634,8 @@ def _read_yaml(path: Path) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (["a", "b"], value), the value parsed as YAML (`null`, `5`, `[q, v]`)."""
     key, equals, raw = text.partition("=")
-    keys = key.strip().split(".")
+    # `++key=value` and `+key=value` are DVC's (Hydra's) add-or-set forms, e.g. from `genrec preset`.
+    keys = key.strip().lstrip("+").split(".")
     if not equals or not all(keys):
         raise ParamsError(f"override {text!r}: expected key=value, e.g. split.user_core=10")
     try:
@@ -652,8 +655,91 @@ def _apply_override(raw: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+DATASET_PARAMS = "dataset_params"
+"""params.yaml's per-dataset layer: {dataset: {dotted.key: value} or nested sections, or null}."""
+
+NOT_PER_DATASET = {
+    "dataset": "it names the dataset", "datasets": "it lists the datasets",
+    DATASET_PARAMS: "entries do not nest",
+    "train.accelerate_profile": "dvc.yaml reads it into the launch command of every dataset",
+}
+"""Keys a `dataset_params` entry may not set, each with the reason."""
+
+
+def _entry_overrides(cls: type, node: dict, keys: list[str], prefix: str, problems: list[str],
+                     out: list[tuple[list[str], Any]]) -> None:
+    """The leaves of one `dataset_params` entry (nested sections or dotted keys) as (keys, value) overrides.
+
+    Unknown keys, values of the wrong type and keys in NOT_PER_DATASET go to `problems`, named under `prefix`
+    (`dataset_params.<dataset>.`); range checks run later, on the params the entry produces.
+    """
+    hints = _hints(cls)
+    for key, value in node.items():
+        head, *rest = str(key).split(".")
+        path = [*keys, head]
+        dotted = ".".join(path)
+        if head not in hints:
+            problems.append(_unknown_key(prefix + "".join(f"{k}." for k in keys), head, list(hints)))
+            continue
+        if dotted in NOT_PER_DATASET:
+            problems.append(f"{prefix}{dotted}: not settable per dataset ({NOT_PER_DATASET[dotted]})")
+            continue
+        if rest:
+            value = {".".join(rest): value}
+        if dataclasses.is_dataclass(hints[head]):
+            if isinstance(value, dict):
+                _entry_overrides(hints[head], value, path, prefix, problems, out)
+            else:
+                problems.append(f"{prefix}{dotted}: expected a section of keys, got {value!r}")
+        elif rest:
+            problems.append(f"{prefix}{dotted}: not a section, so {prefix}{dotted}.{'.'.join(rest)} does not exist")
+        elif not _coerce(value, hints[head])[0]:
+            problems.append(_type_problem(prefix + dotted, value, hints[head]))
+        else:
+            out.append((path, value))
+
+
+def dataset_overrides(raw: dict, problems: list[str]) -> dict[str, list[tuple[list[str], Any]]]:
+    """Every entry of `raw["dataset_params"]` as (keys, value) overrides, by dataset; problems of all entries
+    (not only the active dataset's) go to `problems`, so a typo in another dataset's entry is caught early.
+
+    When the file has the section, every name in `datasets` needs an entry (`{}` or null for none): dvc.yaml's
+    stages depend on `dataset_params.<dataset>`, and DVC refuses a params key that is absent. A file without it
+    (a resolved config saved by `to_dict`) has nothing to lay over its sections.
+    """
+    if DATASET_PARAMS not in raw:
+        return {}
+    entries = raw[DATASET_PARAMS]
+    if entries is None:
+        entries = {}
+    if not isinstance(entries, dict):
+        problems.append(f"{DATASET_PARAMS}: expected a mapping of dataset names to params keys, got {entries!r}")
+        return {}
+    out = {}
+    for name, entry in entries.items():
+        prefix = f"{DATASET_PARAMS}.{name}."
+        out[str(name)] = []
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{prefix.rstrip('.')}: expected a mapping of params keys (e.g. p5.epochs: 3) or "
+                            f"null, got {entry!r}")
+            continue
+        _entry_overrides(Params, entry, [], prefix, problems, out[str(name)])
+    datasets = raw.get("datasets")
+    for name in datasets if isinstance(datasets, list) else []:
+        if isinstance(name, str) and name not in entries:
+            problems.append(f"{DATASET_PARAMS}: no entry for {name!r} of datasets; add `{name}: {{}}` (dvc.yaml's "
+                            f"stages depend on {DATASET_PARAMS}.<dataset>)")
+    return out
+
+
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
-    """Read `path`, apply `key=value` overrides and validate everything at once.
+    """Read `path`, lay the dataset's `dataset_params` entry over it, apply `key=value` overrides (which win)
+    and validate everything at once.
+
+    The dataset, and the entries themselves, are those after the overrides: `--set dataset=toys-p5` picks
+    toys-p5's entry, and `--set dataset_params.toys-p5=null` drops it.
 
     Raises:
         ParamsError: one line for one problem; else every unknown key and invalid value, one a line, each
@@ -661,10 +747,25 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | l
     """
     path = Path(path)
     raw = _read_yaml(path)
-    for text in overrides:
-        _apply_override(raw, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides]
+    final = copy.deepcopy(raw)
+    for keys, value in parsed:
+        _apply_override(final, keys, value)
     problems: list[str] = []
-    params = _build(Params, raw, "", problems)
+    layers = dataset_overrides(final, problems)
+    layer = layers.get(final.get("dataset"), []) if isinstance(final.get("dataset"), str) else []
+    raw.pop(DATASET_PARAMS, None)
+    for keys, value in layer:
+        _apply_override(raw, keys, value)
+    for keys, value in parsed:
+        if keys[0] != DATASET_PARAMS:
+            _apply_override(raw, keys, value)
+    built: list[str] = []
+    params = _build(Params, raw, "", built)
+    # A range problem of a value the entry set (and no override replaced) says where the value came from.
+    from_entry = {".".join(keys) for keys, _ in layer} - {".".join(keys) for keys, _ in parsed}
+    problems += [f"{text} (set by {DATASET_PARAMS}.{final['dataset']})" if re.split(r"[:=]", text, 1)[0] in from_entry
+                 else text for text in built]
     if len(problems) == 1:
         raise ParamsError(f"{path}: {problems[0]}")
     if problems:

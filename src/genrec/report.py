@@ -4,6 +4,11 @@ Every model's evaluation writes `<model>.json` (metrics, with the split fingerpr
 `<model>.jsonl` (per-user ranked lists) in the evaluate stage's format. This module reads them,
 refuses to compare files computed on different splits, and turns them into a markdown table, a
 paired bootstrap test against a reference model, per-k curves and a bar chart.
+
+When the reference (GenRec) decoded a seeded sample of the users (`eval.max_users`) and the baselines every
+user, `on_reference_users` restricts every model to the reference's users and recomputes its metrics and
+intervals with the evaluations' own code (`genrec.metrics.ranking_metrics`), so that the table and the paired
+tests compare like with like; the baselines' all-users numbers stay in a second table.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.errors import DataError
-from genrec.metrics import Rank, hits_at_k, ndcg_gains_at_k, paired_bootstrap, target_rank
+from genrec.metrics import Rank, hits_at_k, ndcg_gains_at_k, paired_bootstrap, ranking_metrics, target_rank
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +166,59 @@ def paired_tests(results: list[ModelResult], reference: str, metrics: tuple[str,
     return out
 
 
+def on_reference_users(results: list[ModelResult], reference: str, samples: int,
+                       seed: int) -> tuple[list[ModelResult], dict | None]:
+    """Every model on exactly the reference's users, when some model evaluated users the reference did not.
+
+    A model with users outside the reference's set (a baseline on every user, GenRec on a seeded sample) gets
+    its per-user ranks restricted to the reference's users and its HR/NDCG and 95% intervals recomputed with
+    `ranking_metrics` (`samples` resamples, `seed`); its valid-beam share, which needs the beams, becomes
+    unknown. Models within the reference's users are kept as they are.
+
+    Returns:
+        (the results to compare, the sample: {reference, users, of, seed, max_users, short}) or
+        (`results`, None) when there is no reference or no model has users beyond the reference's.
+        `of` is the largest number of users any model evaluated (every test user when a baseline ran on
+        all); `short` names models that lack some of the reference's users, with how many.
+    """
+    ref = next((r for r in results if r.name == reference and r.ranks is not None), None)
+    if ref is None or all(set(r.ranks) <= set(ref.ranks) for r in results):
+        return results, None
+    users = set(ref.ranks)
+    ks = (ref.metrics.get("protocol") or {}).get("k") or sorted({int(m.rsplit("_", 1)[1]) for m in METRICS})
+    out, short = [], {}
+    for r in results:
+        if set(r.ranks) <= users:
+            out.append(r)
+            continue
+        shared = sorted(users & set(r.ranks))
+        if len(shared) < len(users):
+            short[r.name] = len(users) - len(shared)
+        ranks = {u: r.ranks[u] for u in shared}
+        metrics = {**r.metrics, **ranking_metrics(list(ranks.values()), ks, samples, seed), "users": len(shared),
+                   "valid_beam_share": None, "restricted_to": reference}
+        out.append(ModelResult(name=r.name, metrics_path=r.metrics_path, metrics=metrics, ranks=ranks))
+    protocol = ref.metrics.get("protocol") or {}
+    sample = {"reference": reference, "users": len(users), "of": max(len(r.ranks) for r in results),
+              "seed": ref.metrics.get("seed"), "max_users": protocol.get("max_users"), "short": short}
+    return out, sample
+
+
+def sample_statement(sample: dict, samples: int) -> str:
+    """The paragraph that states the user sample every model of the comparison is reported on."""
+    n, of, reference = f"{sample['users']:,}", f"{sample['of']:,}", sample["reference"]
+    settings = ", ".join(f"eval.{key}={sample[key]}" for key in ("max_users", "seed") if sample.get(key) is not None)
+    text = (f"**User sample.** {reference} was evaluated on a seeded sample of {n} of the {of} test users"
+            f"{f' ({settings})' if settings else ''}. Every model in the tables and tests below is reported on exactly "
+            f"those {n} users: its per-user ranks restricted to them, HR/NDCG and the 95% intervals recomputed "
+            f"({samples} bootstrap resamples); valid beams are n/a there and times are those of the whole "
+            f"evaluation. The baselines' numbers on every user they evaluated are in \"All users\" below.")
+    if sample["short"]:
+        text += " Short of the sample: " + ", ".join(f"{name} lacks {count:,} of its users"
+                                                      for name, count in sample["short"].items()) + "."
+    return text
+
+
 def per_k_curves(results: list[ModelResult], max_k: int) -> list[dict]:
     """Records {k, <model>_hr, <model>_ndcg, ...} for k = 1..max_k, from each model's predictions."""
     rows = []
@@ -231,8 +289,10 @@ def paired_table(tests: dict[str, dict], reference: str) -> list[str]:
 
 
 def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[str, dict], reference: str,
-                    samples: int, dataset: str, figure_name: str) -> str:
-    """The whole comparison.md."""
+                    samples: int, dataset: str, figure_name: str, sample: dict | None = None,
+                    all_users: list[ModelResult] | None = None, interval_samples: int | None = None) -> str:
+    """The whole comparison.md; with a `sample` (`on_reference_users`), its statement (the restricted intervals
+    used `interval_samples` resamples) and an "All users" table of `all_users`, the results before it."""
     protocol = results[0].metrics.get("protocol", {})
     users = sorted({r.metrics.get("users") for r in results}, key=str)
     parts = [
@@ -240,10 +300,15 @@ def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[st
         f"Split fingerprint `{fingerprint[:16]}` (all {len(results)} metrics files agree). Evaluated on the "
         f"`{protocol.get('split', 'test')}` items, top-{protocol.get('num_beams', 10)} over the full catalogue, "
         f"history {'excluded' if protocol.get('exclude_history') else 'allowed'}; 95% bootstrap intervals over users.",
+        *([] if sample is None else ["", sample_statement(sample, interval_samples or samples)]),
         *([] if len(users) == 1 else ["", f"Models were evaluated on different numbers of users ({users}); the "
                                       "paired tests below use only the users both models share."]), "",
-        "## This run", "", *results_table(results), "",
+        "## This run" + ("" if sample is None else f", on {reference}'s {sample['users']:,} users"), "",
+        *results_table(results), "",
         f"![HR and NDCG with 95% intervals]({figure_name})", "",
+        *([] if sample is None or not all_users else [
+            "## All users", "", "Each model on every user it evaluated (its own metrics file), for reference: "
+            "do not compare rows with different user counts.", "", *results_table(all_users), ""]),
         "## The paper's Table 1 (for orientation only)", "",
         "Ji et al. 2023 (arXiv 2307.00457), LLaMA-7B backbone on MovieLens 25M and Amazon Toys: other datasets, "
         "sizes and backbones than this run, so the numbers are not comparable one to one.", "",
@@ -333,12 +398,15 @@ def dataset_statistics(stats: dict) -> str:
             f"length {interactions / users if users else 0:.1f}); dropped by the filters: {dropped or 'nothing'}.")
 
 
-def table_one(reports_dir: str | Path, links_from: str | Path = ".") -> str:
+def table_one(reports_dir: str | Path, links_from: str | Path = ".", reference: str = "genrec",
+              samples: int = 1000, seed: int = 42) -> str:
     """One Table 1 across datasets: a block per `reports_dir/<dataset>/` holding metrics files.
 
     Each block: the dataset's statistics (its split_stats.json), every model of this run with 95% intervals,
     the paper's figures for the matching dataset, and a link to the dataset's own report (paired tests),
-    relative to `links_from` (the folder the table is written to).
+    relative to `links_from` (the folder the table is written to). When the dataset's predictions/ folder is
+    there and `reference` evaluated a user sample, every model is shown on its users (`on_reference_users`,
+    intervals from `samples` resamples with `seed`), and the block says so.
 
     Raises:
         DataError: no dataset folder with metrics files under `reports_dir`.
@@ -353,10 +421,18 @@ def table_one(reports_dir: str | Path, links_from: str | Path = ".") -> str:
              "dataset's own report with the paired tests.", ""]
     for name in datasets:
         results = load_metrics(reports_dir / name / "metrics")
+        sample = None
+        if (reports_dir / name / "predictions").is_dir():
+            attach_ranks(results, reports_dir / name / "predictions")
+            results, sample = on_reference_users(results, reference, samples, seed)
         stats_path = reports_dir / name / "split_stats.json"
         lines += [f"## {name}", ""]
         if stats_path.is_file():
             lines += [dataset_statistics(json.loads(stats_path.read_text(encoding="utf-8"))), ""]
+        if sample is not None:
+            seeded = f" (eval.seed={sample['seed']})" if sample.get("seed") is not None else ""
+            lines += [f"Every model on {reference}'s seeded sample of {sample['users']:,} of the {sample['of']:,} test "
+                      f"users{seeded}; all users: the dataset's report.", ""]
         lines += results_table(results) + [""]
         paper = paper_dataset(name)
         if paper:

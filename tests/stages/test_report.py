@@ -17,11 +17,12 @@ from genrec.stages import report as stage
 USERS = [f"u{i:03d}" for i in range(120)]
 
 
-def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: str = "f" * 64) -> None:
+def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: str = "f" * 64,
+                    users: list[str] = USERS) -> None:
     """metrics/<name>.json and predictions/<name>.jsonl for a model that puts the target first at `hit_rate`."""
     rng = np.random.default_rng(seed)
     rows = []
-    for user in USERS:
+    for user in users:
         target = f"t-{user}"
         ranked = [{"title": f"Film {user} {j}", "item_ids": [f"x-{user}-{j}"], "score": -float(j)} for j in range(10)]
         if rng.random() < hit_rate:
@@ -30,8 +31,9 @@ def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: 
     ranks = [target_rank([e["item_ids"] for e in r["ranked"]], r["target_item_id"]) for r in rows]
     metrics = ranking_metrics(ranks, [5, 10], 200, 0)
     metrics.update(integrity_metrics([[e["title"] for e in r["ranked"]] for r in rows], 10))
-    metrics.update({"model": name, "users": len(rows), "split_fingerprint": fingerprint,
-                    "protocol": {"split": "test", "num_beams": 10, "exclude_history": True},
+    metrics.update({"model": name, "users": len(rows), "split_fingerprint": fingerprint, "seed": 42,
+                    "protocol": {"split": "test", "num_beams": 10, "exclude_history": True, "k": [5, 10],
+                                 "max_users": None if users is USERS else len(users)},
                     "train_seconds": 12.0, "eval_seconds": 3.0})
     (folder / "metrics").mkdir(exist_ok=True)
     (folder / "predictions").mkdir(exist_ok=True)
@@ -97,3 +99,25 @@ def test_report_refuses_stale_predictions(tmp_path, params):
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
     with pytest.raises(DataError, match="119 users, but .*genrec.json reports 120"):
         run(params, tmp_path)
+
+
+def test_baselines_on_every_user_are_reported_on_genrecs_sample_and_on_all_users(tmp_path, params):
+    sample = USERS[::3]  # GenRec decoded a seeded 40 of the 120 users; the baselines every user
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1, users=sample)
+    fake_evaluation(tmp_path, "mostpop", hit_rate=0.1, seed=2)
+    fake_evaluation(tmp_path, "sasrec", hit_rate=0.3, seed=3)
+    out = run(params, tmp_path)
+
+    assert out["sample"]["users"] == 40 and out["sample"]["of"] == 120
+    assert out["paired_tests"]["mostpop"]["hr_at_10"]["users"] == 40
+    text = (tmp_path / "comparison.md").read_text()
+    assert "seeded sample of 40 of the 120 test users (eval.max_users=40, eval.seed=42)" in text
+    this_run, all_users = text.split("## This run, on genrec's 40 users")[1].split("## All users")
+    assert "| mostpop | 40 |" in this_run and "| sasrec | 40 |" in this_run and "| mostpop | 120 |" not in this_run
+    assert "| mostpop | 120 |" in all_users and "| sasrec | 120 |" in all_users and "| genrec | 40 |" in all_users
+    with (tmp_path / "plots" / "per_k.csv").open() as f:
+        last = list(csv.DictReader(f))[-1]
+    ranks = {json.loads(line)["user_id"]: json.loads(line) for line in
+             (tmp_path / "predictions" / "mostpop.jsonl").read_text().splitlines()}
+    hits = sum(any(e["item_ids"] == [ranks[u]["target_item_id"]] for e in ranks[u]["ranked"]) for u in sample)
+    assert float(last["mostpop_hr"]) == pytest.approx(hits / 40, abs=1e-6)  # curves on the sample too

@@ -22,7 +22,18 @@ def write_dataset(reports, name: str, hits: list[int | None], stats: dict) -> No
     (reports / name / "comparison.md").write_text("# per dataset\n")
 
 
-def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp_path):
+@pytest.fixture
+def params(tmp_path, monkeypatch):
+    """Default params with the MLflow store in tmp_path (a real SQLite store)."""
+    import dataclasses
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    base = Params()
+    return dataclasses.replace(base, tracking=dataclasses.replace(base.tracking, uri=f"sqlite:///{tmp_path}/mlflow.db"))
+
+
+def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp_path, params):
     reports = tmp_path / "reports"
     write_dataset(reports, "ml-latest-small", [1, None, 3, None], {
         "users": 4, "items": 10, "interactions": 20, "sparsity": 0.5, "dropped": {"k_core": 7, "short_users": 1}})
@@ -30,7 +41,7 @@ def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp
                   {"users": 2, "items": 5, "interactions": 8, "sparsity": 0.2, "dropped": {}})
     (reports / "figures").mkdir()  # not a dataset: no metrics/ inside
     out = tmp_path / "results" / "table1.md"
-    table.run(Params(), reports_dir=reports, out_path=out)
+    written = table.run(params, reports_dir=reports, out_path=out)
     text = out.read_text()
     blocks = text.split("\n## ")[1:]
     assert [b.splitlines()[0] for b in blocks] == ["ml-latest-small", "toys-p5"]
@@ -42,9 +53,40 @@ def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp
     assert "The paper on Amazon Toys: P5 0.0239" in toys and "dropped by the filters: nothing." in toys
     assert "[toys-p5/comparison.md](../reports/toys-p5/comparison.md)" in toys  # relative to results/
 
+    from genrec import tracking  # Table 1 and each comparison.md are artifacts of a run in <prefix>-table
 
-def test_no_dataset_folder_is_a_data_error(tmp_path):
+    client = tracking.mlflow_client(params)
+    runs = client.search_runs([client.get_experiment_by_name("genrec-table").experiment_id])
+    assert [r.info.run_id for r in runs] == [written["run_id"]]
+    assert runs[0].data.tags["genrec.family"] == "table"
+    assert runs[0].data.tags["genrec.dataset"] == "ml-latest-small,toys-p5"
+    root = {a.path for a in client.list_artifacts(written["run_id"])}
+    assert root == {"table1.md", "ml-latest-small", "toys-p5"}
+    assert [a.path for a in client.list_artifacts(written["run_id"], "toys-p5")] == ["toys-p5/comparison.md"]
+    local = client.download_artifacts(written["run_id"], "table1.md", str(tmp_path / "download"))
+    assert open(local).read() == text
+
+
+def test_a_sampled_dataset_shows_every_model_on_genrecs_users(tmp_path, params):
+    reports = tmp_path / "reports"
+    write_dataset(reports, "toys-p5", [1, None, 3, None], {"users": 4, "items": 5, "interactions": 16})
+    folder = reports / "toys-p5"
+    metrics = json.loads((folder / "metrics" / "genrec.json").read_text())  # genrec decoded users u0 and u1
+    metrics["users"], metrics["protocol"]["max_users"], metrics["seed"] = 2, 2, 42
+    (folder / "metrics" / "genrec.json").write_text(json.dumps(metrics))
+    (folder / "predictions").mkdir()
+    for model, users in (("genrec", {"u0": 1, "u1": None}), ("mostpop", {f"u{i}": None for i in range(4)})):
+        rows = [{"user_id": u, "target_item_id": "t", "ranked": [{"item_ids": ["t" if rank == 1 else "x"]}]}
+                for u, rank in users.items()]
+        (folder / "predictions" / f"{model}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table.run(params, reports_dir=reports, out_path=tmp_path / "table1.md")
+    text = (tmp_path / "table1.md").read_text()
+    assert "Every model on genrec's seeded sample of 2 of the 4 test users (eval.seed=42)" in text
+    assert "| genrec | 2 | 0.5000 [" in text and "| mostpop | 2 | 0.0000 [" in text
+
+
+def test_no_dataset_folder_is_a_data_error(tmp_path, params):
     (tmp_path / "reports").mkdir()
     with pytest.raises(DataError, match="no <dataset>/metrics/ folders"):
-        table.run(Params(), reports_dir=tmp_path / "reports", out_path=tmp_path / "t.md")
+        table.run(params, reports_dir=tmp_path / "reports", out_path=tmp_path / "t.md")
     assert not (tmp_path / "t.md").exists()

@@ -5,7 +5,9 @@
         --plots reports/<dataset>/plots/per_k.csv [--genrec-model models/<dataset>/genrec]
 
 Reads every `<model>.json` metrics file and its `<model>.jsonl` predictions, refuses files from
-different splits, and writes the comparison table (markdown), a bar chart with the 95% intervals
+different splits, restricts every model to the reference's users when it decoded a seeded sample of them
+(`report.on_reference_users`: the comparison, curves and tests on those users; the all-users numbers in a
+second table), and writes the comparison table (markdown), a bar chart with the 95% intervals
 (`<figures>/comparison.png`) and per-k curves (`<figures>/per_k.png`, and a CSV with columns
 k, <model>_hr, <model>_ndcg for `dvc plots`). The report and figures are logged to MLflow: into the
 GenRec run when its model folder holds `mlflow_run.json`, else into a run named "report".
@@ -40,6 +42,9 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     results = report.load_metrics(metrics_dir)
     fingerprint = report.check_same_split(results)
     report.attach_ranks(results, predictions_dir)
+    all_users = results
+    results, sample = report.on_reference_users(all_users, cfg.reference, params.eval.bootstrap_samples,
+                                                params.eval.seed)
     tests = report.paired_tests(results, cfg.reference, ("hr_at_10", "ndcg_at_10"), cfg.paired_samples, cfg.seed)
     rows = report.per_k_curves(results, cfg.max_k)
 
@@ -50,7 +55,8 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
         report.curves_chart(rows, [r.name for r in results], tmp / FIGURES[1])
     figure_link = Path(_relative(figures_dir / FIGURES[0], out_path.parent)).as_posix()
     text = report.render_markdown(results, fingerprint, tests, cfg.reference, cfg.paired_samples, params.dataset,
-                                  figure_link)
+                                  figure_link, sample=sample, all_users=all_users,
+                                  interval_samples=params.eval.bootstrap_samples)
     with atomic_path(out_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     with atomic_path(plots_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
@@ -60,7 +66,7 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     log.info("compared %s -> %s", ", ".join(r.name for r in results), out_path)
     written = {"report": out_path, "figures": [figures_dir / name for name in FIGURES], "plots": plots_path}
     log_to_mlflow(params, written, genrec_model_dir)
-    return {**written, "models": [r.name for r in results], "paired_tests": tests}
+    return {**written, "models": [r.name for r in results], "paired_tests": tests, "sample": sample}
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -147,7 +147,7 @@ class TrainParams:
     """Passes over the (subsampled) training prompts (reference: 5)."""
     max_steps: int | None = 120
     """Stop after this many optimizer steps (overrides epochs); None: epochs decide."""
-    recent_windows: int | None = None
+    recent_windows: int | None = 1
     """sequence only: each user's latest N windows (filled backwards from the last training title); None: all."""
     max_train_samples: int | None = None
     """Seeded subsample of the training prompts (instruction) or windows (sequence); None uses them all."""

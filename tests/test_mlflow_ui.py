@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from genrec import registry, tracking
+from genrec.model_card import model_card
 from genrec.params import Params, TrackingParams
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,8 +65,13 @@ def seed_store(params: Params) -> None:
     mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
     mlc.create_registered_model(name)
+    tags = {"valid.ndcg_at_10": "0.0123", "backbone": "smollm2-135m-instruct", "backbone_sha256": "ab" * 32,
+            "dataset": params.dataset, "split_fingerprint": "cd" * 32}
+    test = {"users": 610, **{key.removeprefix("test."): value for key, value in SEEDED["genrec"].items()}}
+    card = model_card(name=name, version="1", tags=tags, config={"params": {"dataset": params.dataset}}, adapter=None,
+                      template=None, valid={}, test=test, baselines={}, data_hashes={}, run_id=genrec_run.info.run_id)
     version = mlc.create_model_version(name, source=f"{genrec_run.info.artifact_uri}/model",
-                                       run_id=genrec_run.info.run_id, tags={"valid.ndcg_at_10": "0.0123"})
+                                       run_id=genrec_run.info.run_id, tags=tags, description=card)
     mlc.set_registered_model_alias(name, registry.CHAMPION, version.version)
 
 
@@ -155,8 +161,9 @@ def test_runs_table_and_registered_model_alias_in_chromium(ui):
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             runs_png = check_runs_table(page, ui["url"], runs)
             model_png = check_alias(page, ui["url"], name)
+            card_png = check_model_card(page, ui["url"], name, champion_version(ui["params"]))
             path = Path(os.environ.get("GENREC_UI_SCREENSHOT") or ui["tmp"] / "mlflow_ui.png")
-            save_side_by_side(page, [runs_png, model_png], path)
+            save_side_by_side(page, [runs_png, model_png, card_png], path)
         finally:
             browser.close()
     assert path.stat().st_size > 20_000
@@ -206,6 +213,21 @@ def check_alias(page, url: str, name: str) -> bytes:
     rows = [row for row in page.locator("[role=row]").all_inner_texts() if "Version" in row and "@" in row]
     assert any(registry.CHAMPION in row for row in rows), page.inner_text("body")[-2000:]
     return page.screenshot()
+
+
+def champion_version(params: Params) -> str:
+    mlc = tracking.mlflow_client(params)
+    return mlc.get_model_version_by_alias(registry.registered_model_name(params), registry.CHAMPION).version
+
+
+def check_model_card(page, url: str, name: str, version: str) -> bytes:
+    """The champion's version page shows its model card (the version description): lineage and metrics."""
+    page.goto(f"{url}/#/models/{name}/versions/{version}", wait_until="domcontentloaded")
+    page.get_by_text("Backbone sha256", exact=True).first.wait_for()
+    body = page.inner_text("body")
+    for heading in ("Lineage", "Split fingerprint", "Metrics"):
+        assert heading in body, (heading, body[-2000:])
+    return page.screenshot(full_page=True)
 
 
 def save_side_by_side(page, images: list[bytes], path: Path) -> None:

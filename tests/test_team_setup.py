@@ -66,6 +66,7 @@ def test_a_fresh_clone_pulls_the_pipeline_from_a_folder_remote_and_has_nothing_t
     (origin / "dvc.lock").unlink(missing_ok=True)  # the project's own runs: not this repository's
     params = yaml.safe_load((origin / "params.yaml").read_text())
     params["datasets"] = [DATASET]
+    params["dataset_params"][DATASET] = {}  # every dataset in `datasets` needs an entry
     (origin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     raw = origin / "data" / "raw" / DATASET
     raw.mkdir(parents=True)

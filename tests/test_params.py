@@ -263,7 +263,8 @@ def test_to_dict_round_trips(root, tmp_path):
 def test_a_dataset_entry_applies_to_its_dataset_only(root):
     assert load_params(root / "params.yaml") == Params()  # ml-latest-small's entry is empty
     toys = load_params(root / "params.yaml", ["dataset=toys-p5"])
-    assert (toys.ingest.drop_untitled, toys.p5.epochs, toys.eval.max_users) == (True, 3, 1000)
+    assert (toys.ingest.drop_untitled, toys.p5.epochs, toys.eval.max_users) == (True, 2, 300)
+    assert (toys.sasrec.max_len, toys.prompts.train_targets) == (20, 1)
     assert toys.split == Params().split and toys.train == Params().train
 
 

@@ -427,7 +427,7 @@ class PromoteParams:
 class Params:
     dataset: str = "ml-latest-small"
     """The dataset a command works on; also its folder name under data/. dvc.yaml sets it per stage instance."""
-    datasets: list[str] = field(default_factory=lambda: ["ml-latest-small"])
+    datasets: list[str] = field(default_factory=lambda: ["ml-latest-small", "toys-p5"])
     """The datasets `dvc repro` builds side by side: dvc.yaml repeats every stage (but base_model) per name."""
     ingest: IngestParams = field(default_factory=IngestParams)
     split: SplitParams = field(default_factory=SplitParams)

@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="adapter folder [default: models/<dataset>/genrec]")
     parser.add_argument("--sasrec", type=Path, help="SASRec folder [default: models/<dataset>/sasrec]")
     parser.add_argument("--users", type=int, default=200, help="seeded sample of validation users")
+    parser.add_argument("--out", type=Path, help="keep each variant's metrics and predictions here (paired tests)")
     parser.add_argument("--variants", default="hf,lp-0,ghost-0.9,ghost-0.5,sasrec-0.5,sasrec-1.0,ghost-0.9+sasrec-1.0")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -62,7 +63,8 @@ def main() -> None:
             metrics = evaluate.run(p, base_dir=args.base, model_dir=_without_run_file(args.model, Path(tmp)),
                                    prompts_dir=Path("data/prompts") / p.dataset,
                                    processed_dir=Path("data/processed") / p.dataset,
-                                   metrics_path=Path(tmp) / f"{name}.json", predictions_path=Path(tmp) / f"{name}.jsonl",
+                                   metrics_path=(args.out or Path(tmp)) / f"{name}.json",
+                                   predictions_path=(args.out or Path(tmp)) / f"{name}.jsonl",
                                    assistant_dir=args.sasrec if p.eval.assistant_weight else None)
             rows.append((name, metrics))
             print(f"{name}: HR@10 {metrics['hr_at_10']:.4f} NDCG@10 {metrics['ndcg_at_10']:.4f}", flush=True)

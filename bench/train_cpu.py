@@ -14,8 +14,9 @@ params.yaml plus `--set` overrides); only eval and checkpoints are switched off.
 `--warmup` optimizer steps are not timed. Variants change one thing each:
 
     default       the params as given (bf16 autocast where supported, so bfloat16 frozen weights;
-                  LM head on completion positions only)
-    trl-lm-head   train.completion_logits_only=false: TRL's CPU path, the LM head over every position
+                  LM head on labelled positions only; sequence: chunked float32 cross-entropy)
+    trl-lm-head   train.completion_logits_only=false: the LM head over every position (instruction:
+                  TRL's CPU path; sequence: the model's own loss, float32 logits of every position)
     fp32-weights  the frozen backbone kept in float32 under bf16 autocast
     fp32          train.bf16=false: no autocast, float32 weights
 

@@ -182,3 +182,24 @@ def test_a_node_prior_steers_the_search_to_its_title(model, titles, prompts):
                            node_prior=prior)
     assert all(u[0].title == favourite for u in steered)
     assert any(u[0].title != favourite for u in plain)
+
+
+def test_native_gqa_is_used_on_cpu_and_the_environment_is_restored(model, monkeypatch):
+    """Inside the search transformers' sdpa gets grouped KV heads (no repeat_kv); outside, its own choice."""
+    import os
+
+    from transformers.integrations import sdpa_attention
+
+    from genrec.decoding import native_gqa_on_cpu
+
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    key = torch.zeros(1, 2, 3, 8)
+    mask = torch.ones(1, 1, 1, 3, dtype=torch.bool)
+    assert not sdpa_attention.use_gqa_in_sdpa(mask, key, key)
+    with native_gqa_on_cpu(model):
+        assert sdpa_attention.use_gqa_in_sdpa(mask, key, key)
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    with native_gqa_on_cpu(model):
+        pass
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"

@@ -249,6 +249,58 @@ def test_recent_windows_keep_each_users_latest_training_titles(tokenizer, tmp_pa
     assert len(everything) > len(packed)
 
 
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_the_lean_sequence_loss_equals_the_models_own_loss_and_gradients(num_items):
+    """labelled_lm_loss (LM head on labelled positions, chunked float32 cross-entropy) = transformers' loss."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model = get_peft_model(model, sft.lora_config(LoraParams(dropout=0.0)))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    ids = torch.randint(0, 300, (3, 23), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :5] = -100   # a header
+    labels[2, 17:] = -100  # right padding
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+
+    def loss_and_grads(lean):
+        model.zero_grad()
+        if lean:
+            hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+            loss = sft.labelled_lm_loss(hidden, labels, model.get_output_embeddings(), kwargs.get("num_items_in_batch"),
+                                        chunk_rows=7)  # chunks that do not divide the 57 labelled rows
+        else:
+            loss = model(input_ids=ids, labels=labels, **kwargs).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    ref_loss, ref_grads = loss_and_grads(False)
+    loss, grads = loss_and_grads(True)
+    assert all(g.abs().max() > 0 for g in ref_grads)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_cross_entropy_matches_torch_in_bfloat16():
+    logits = torch.randn(50, 1000, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
+    targets = torch.randint(0, 1000, (50,), generator=torch.Generator().manual_seed(1))
+    loss = sft.chunked_cross_entropy(logits, targets, chunk_rows=16)
+    loss.backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    ref = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(ours, logits.grad)
+    assert sft.chunked_cross_entropy(logits[:0], targets[:0]).item() == 0.0
+
+
 def accumulate_starts(lengths):
     starts, at = [], 0
     for n in lengths:

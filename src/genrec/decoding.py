@@ -20,6 +20,8 @@ early-stop heuristic and stopping rules per user). Only the work differs:
 - A user leaves the batch (`Cache.batch_select_indices`) as soon as HF would have stopped its search.
 - The trie lookup is tensorised (`genrec.trie`): one gather for the allowed tokens of every beam,
   one `searchsorted` to advance every beam.
+- On CPU, sdpa attends grouped-query heads natively (`native_gqa_on_cpu`) instead of copying every
+  key/value head per query head at each layer and step, as transformers does whenever there is a mask.
 
 Hypotheses at HF's -1e9 scores appear in HF's output only when fewer than K real titles are
 reachable (tiny catalogues, heavy exclusion, early_stopping=True); they are dropped (`is_real`).
@@ -27,8 +29,10 @@ reachable (tiny catalogues, heavy exclusion, early_stopping=True); they are drop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -113,11 +117,42 @@ def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
     return results
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def native_gqa_on_cpu(model):
+    """Let transformers' sdpa attention pass `enable_gqa=True` with a mask, on CPU only.
+
+    With a mask (always, here: the tree mask) transformers repeats each key/value head for every query
+    head it serves (`repeat_kv`: SmolLM2-135M's 3 KV heads become 9 copies per layer and step) unless
+    TRANSFORMERS_SDPA_FORCE_GQA=1. PyTorch's CPU kernels take grouped heads with a mask directly (CUDA's
+    would fall back to the math kernel, so GPUs keep transformers' choice). Same math; the setting is
+    restored on exit.
+    """
+    if model.device.type != "cpu" or model.config._attn_implementation != "sdpa":
+        yield
+        return
+    key, before = "TRANSFORMERS_SDPA_FORCE_GQA", os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
                 excluded: Sequence[Sequence[int]] | None = None, prior: torch.Tensor | None = None
                 ) -> list[list[Hypothesis]]:
     """Beam search for one batch of prompts; see the module docstring. Returns beams per prompt."""
+    with native_gqa_on_cpu(model):
+        return _beam_search(model, prompts, settings, trie=trie, excluded=excluded, prior=prior)
+
+
+@torch.inference_mode()
+def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
+                 excluded: Sequence[Sequence[int]] | None = None, prior: torch.Tensor | None = None
+                 ) -> list[list[Hypothesis]]:
     device, k = model.device, settings.num_beams
     if trie is not None:
         trie = trie.to(device)

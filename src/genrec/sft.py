@@ -78,7 +78,7 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
                                        tp.max_valid_samples, tp.seed)
         collator = None
     set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
-    trainer = (model_loss_trainer() if sequence else SFTTrainer)(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
+    trainer = (model_loss_trainer(tp.completion_logits_only) if sequence else SFTTrainer)(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
                          processing_class=tokenizer, peft_config=lora_config(tp.lora), data_collator=collator)
     if not sequence:
         stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
@@ -176,13 +176,20 @@ class PackedCollator:
 
 
 
-def model_loss_trainer():
-    """SFTTrainer whose loss is the model's own causal-LM cross-entropy (transformers' `Trainer.compute_loss`).
+def model_loss_trainer(lean: bool = True):
+    """SFTTrainer whose training loss is causal-LM cross-entropy on the labelled positions only, computed lean.
 
     For `sequence` data ~94% of positions carry a loss, so TRL's fused, chunked LM head (which also
     computes entropy and top-1 accuracy over the vocabulary, and recomputes the head in backward) buys no
     memory worth its time on a CPU: 14.5 s against 9.7 s a step for SmolLM2-135M, micro-batch 8 x 256
-    tokens (bench/train_cpu.py). Everything else (data, collator, PEFT, accelerate) stays TRL's.
+    tokens (bench/train_cpu.py). The model's own loss (transformers' `ForCausalLMLoss`) is the same math
+    but projects every position and copies all logits to float32 before a `cross_entropy` whose backward
+    makes several passes over [tokens x vocabulary] floats: on 2 CPU cores that was ~1.1 s of a 7.3 s
+    step. Here the model returns its last hidden states (no logits), the frozen LM head projects the
+    positions that have a label, and `chunked_cross_entropy` does the float32 log-sum-exp and its gradient
+    a few rows at a time, in cache (`lean`, from train.completion_logits_only; False: the model's own loss).
+    Evaluation (and return_outputs) keeps the model's own loss. Everything
+    else (data, collator, PEFT, accelerate, loss scaling across processes) stays TRL's and transformers'.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -190,10 +197,70 @@ def model_loss_trainer():
     class ModelLossSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            if return_outputs or not model.training or not lean:
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            labels = inputs.pop("labels")
+            # Through the (DDP-)wrapped model, so gradient synchronisation sees the forward; logits_to_keep=1
+            # leaves the head a single position. hidden_states[-1] is the final norm's output.
+            hidden = model(**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            with self.accelerator.autocast():  # accelerate autocasts the model's forward only (and hands back fp32)
+                loss = labelled_lm_loss(hidden, labels, head, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss
+            return loss
 
     return ModelLossSFTTrainer
+
+
+def labelled_lm_loss(hidden, labels, head, num_items_in_batch=None, chunk_rows: int = 16):
+    """Next-token cross-entropy of `head(hidden)` on the positions whose shifted label is not -100.
+
+    The same value as transformers' `ForCausalLMLoss` (float32 logits, sum over labelled positions divided
+    by `num_items_in_batch`, else their mean), with the LM head applied to labelled positions only.
+    """
+    shifted = labels[:, 1:]
+    keep = shifted != -100
+    logits = head(hidden[:, :-1][keep])
+    total = chunked_cross_entropy(logits, shifted[keep], chunk_rows)
+    if num_items_in_batch is None:
+        return total / keep.sum().clamp(min=1)
+    if hasattr(num_items_in_batch, "to"):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def chunked_cross_entropy(logits, targets, chunk_rows: int = 16):
+    """sum_i (logsumexp(logits_i) - logits_i[target_i]) in float32, forward and backward `chunk_rows` rows
+    at a time: a [chunk x vocabulary] float32 block (3 MB for 16 x 49k) stays in cache, where the one-shot
+    `cross_entropy(logits.float(), ...)` streams ~400 MB per pass for 2,048 tokens. Gradients are exact
+    softmax minus one-hot, in the logits' dtype."""
+    import torch
+
+    class ChunkedCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, targets):
+            lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+            for start in range(0, logits.shape[0], chunk_rows):
+                lse[start:start + chunk_rows] = torch.logsumexp(logits[start:start + chunk_rows].float(), dim=-1)
+            picked = logits.gather(1, targets[:, None])[:, 0].float()
+            ctx.save_for_backward(logits, targets, lse)
+            return (lse - picked).sum()
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            logits, targets, lse = ctx.saved_tensors
+            grad = torch.empty_like(logits)
+            for start in range(0, logits.shape[0], chunk_rows):
+                block = torch.exp(logits[start:start + chunk_rows].float() - lse[start:start + chunk_rows, None])
+                block[torch.arange(block.shape[0], device=block.device), targets[start:start + chunk_rows]] -= 1
+                grad[start:start + chunk_rows] = block.mul_(grad_output)
+            return grad, None
+
+    if logits.shape[0] == 0:
+        return logits.float().sum()  # no labelled position: a zero that keeps the graph
+    return ChunkedCrossEntropy.apply(logits, targets)
 
 
 def accumulation_steps(tp: TrainParams, num_processes: int) -> int:

@@ -4,9 +4,10 @@
     python bench/decoding_levers.py --users 610 --variants hf,ghost-0.9,sasrec-1.0
 
 Every variant is `genrec evaluate` (the stage's own `run`, the same protocol as `dvc repro`) with
-eval.split=valid on a seeded sample of `--users` users (eval.seed) and one change:
+eval.split=valid on a seeded sample of `--users` users (eval.seed), no assistant unless named, and one change
+from params.yaml's eval section:
 
-    hf            HF's length normalisation (eval.length_penalty, default 1.0)
+    hf            HF's length normalisation (eval.length_penalty, default 1.0; no ghost tokens)
     lp-0          eval.length_penalty=0: plain title likelihood, no length normalisation
     ghost-T       D3: tokens generated with probability >= T do not count in the length
     sasrec-W      D3's text-free assistant: SASRec's title log-probs x W mixed into every step
@@ -26,9 +27,11 @@ from pathlib import Path
 
 
 def variant_params(params, name: str):
-    e = dataclasses.replace(params.eval, split="valid")
+    # The assistant only where the variant names it (eval.assistant_weight's default is the assisted stage's).
+    e = dataclasses.replace(params.eval, split="valid", assistant_weight=0.0)
     for part in name.split("+"):
-        if part == "hf":
+        if part == "hf":  # HF's normalisation: every token counts in the length
+            e = dataclasses.replace(e, ghost_threshold=None)
             continue
         key, value = part.rsplit("-", 1)
         field = {"lp": "length_penalty", "ghost": "ghost_threshold", "sasrec": "assistant_weight"}[key]

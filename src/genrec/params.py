@@ -247,7 +247,7 @@ class EvalParams:
     """Evaluate a seeded sample of this many users (quick runs); None: every user."""
     seed: int = 42
     """Seed of the user sample and of the bootstrap."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Users decoded together (each prefilled once, then num_beams rows per user)."""
     max_prompt_tokens: int = 256
     """Prompt token budget (the paper's max input); the oldest history titles are dropped to fit."""

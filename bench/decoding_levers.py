@@ -60,14 +60,14 @@ def main() -> None:
     args.sasrec = args.sasrec or Path("models") / params.dataset / "sasrec"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
         for name in args.variants.split(","):
             p = variant_params(params, name)
             # Evaluated without an MLflow run: a copy of the adapter folder without its run file.
             metrics = evaluate.run(p, base_dir=args.base, model_dir=_without_run_file(args.model, Path(tmp)),
                                    prompts_dir=Path("data/prompts") / p.dataset,
                                    processed_dir=Path("data/processed") / p.dataset,
-                                   metrics_path=(args.out or Path(tmp)) / f"{name}.json",
-                                   predictions_path=(args.out or Path(tmp)) / f"{name}.jsonl",
+                                   metrics_path=out / f"{name}.json", predictions_path=out / f"{name}.jsonl",
                                    assistant_dir=args.sasrec if p.eval.assistant_weight else None)
             rows.append((name, metrics))
             print(f"{name}: HR@10 {metrics['hr_at_10']:.4f} NDCG@10 {metrics['ndcg_at_10']:.4f}", flush=True)

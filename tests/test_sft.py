@@ -271,7 +271,7 @@ def test_the_lean_sequence_loss_equals_the_models_own_loss_and_gradients(num_ite
     def loss_and_grads(lean):
         model.zero_grad()
         if lean:
-            hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+            hidden = sft.final_hidden_states(model, input_ids=ids)
             loss = sft.labelled_lm_loss(hidden, labels, model.get_output_embeddings(), kwargs.get("num_items_in_batch"),
                                         chunk_rows=7)  # chunks that do not divide the 57 labelled rows
         else:

@@ -201,9 +201,8 @@ def model_loss_trainer(lean: bool = True):
                 return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             labels = inputs.pop("labels")
-            # Through the (DDP-)wrapped model, so gradient synchronisation sees the forward; logits_to_keep=1
-            # leaves the head a single position. hidden_states[-1] is the final norm's output.
-            hidden = model(**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+            # Through the (DDP-)wrapped model, so gradient synchronisation sees the forward.
+            hidden = final_hidden_states(model, **inputs)
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
             with self.accelerator.autocast():  # accelerate autocasts the model's forward only (and hands back fp32)
                 loss = labelled_lm_loss(hidden, labels, head, num_items_in_batch)
@@ -212,6 +211,19 @@ def model_loss_trainer(lean: bool = True):
             return loss
 
     return ModelLossSFTTrainer
+
+
+def final_hidden_states(model, **inputs):
+    """The final norm's output for `inputs`, with the model's own LM head given no position at all.
+
+    An empty `logits_to_keep` index: with `logits_to_keep=1` the head's input is the strided view
+    `hidden[:, -1:]`, which CPU matmul turns into a batched product over a per-row copy of the
+    [vocabulary x hidden] weight (450 MB for 8 rows of SmolLM2, at every micro-batch).
+    """
+    import torch
+
+    none = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
+    return model(**inputs, logits_to_keep=none, output_hidden_states=True).hidden_states[-1]
 
 
 def labelled_lm_loss(hidden, labels, head, num_items_in_batch=None, chunk_rows: int = 16):

@@ -228,3 +228,24 @@ def test_prefill_feeds_the_lm_head_a_contiguous_input_and_keeps_the_logits(model
     assert plain_input == [False] and fixed_input == [True]
     torch.testing.assert_close(fixed, plain)
     assert not head._forward_pre_hooks  # removed on exit
+
+
+def test_per_user_priors_follow_their_users_when_others_leave_the_batch(model, titles, prompts):
+    """Each user's prior row stays its own while finished users leave the batch: batched = one user at a time."""
+    from genrec.trie import node_log_mass
+
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=4, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD,
+                            prior_weight=2.0)
+    probs = torch.rand((len(prompts), len(titles)), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    probs /= probs.sum(1, keepdim=True)
+    log_mass = node_log_mass(trie, probs)
+    # The longest prompt is decoded first (row 0); only one-token titles are left to it, so it finishes
+    # after two steps and every other user moves up a row in the batch.
+    first = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    excluded = [[t for t, title in enumerate(titles) if len(title) > 1] if i == first else [] for i in range(len(prompts))]
+    assert len(excluded[first]) < len(titles)
+    runs = [ranked_beams(model, prompts, settings, trie=trie, excluded=excluded, batch_size=size,
+                         node_prior=lambda chunk: log_mass[chunk]) for size in (len(prompts), 1)]
+    assert [[h.tokens for h in u] for u in runs[0]] == [[h.tokens for h in u] for u in runs[1]]
+    assert all(len(h.tokens) == 1 for h in runs[0][first])

@@ -184,7 +184,7 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
         out = model(input_ids=input_ids, attention_mask=attention,
                     position_ids=(attention.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
     cache = out.cache
-    log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(k, 0)
+    log_probs = torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32).repeat_interleave(k, 0)
     beams = _Beams.start(len(prompts), k, settings.max_new_tokens, device)
     prompt_mask, next_position = attention.bool(), attention.sum(-1)
     users = torch.arange(len(prompts), device=device)
@@ -200,14 +200,18 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
             positions = (next_position + step - 2)[:, None].expand(-1, fed)
             out = model(input_ids=beams.seqs[:, :fed, step - 2], attention_mask=mask, position_ids=positions,
                         cache=cache, use_cache=True)
-            # Unfed beams are fillers: log-prob 0 leaves their -1e9 scores as HF's forward would.
-            log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-            log_probs = torch.cat([log_probs, log_probs.new_zeros(len(users), k - fed, log_probs.shape[-1])], 1)
-            log_probs = log_probs.flatten(0, 1)
+            log_probs = torch.log_softmax(out.logits, dim=-1, dtype=torch.float32).flatten(0, 1)
+        else:
+            fed = k
         if trie is not None:  # HF: log-softmax over the whole vocabulary first, then the constraint
-            log_probs = _constrain(log_probs, trie, beams.nodes.flatten(), users.repeat_interleave(k), closed,
-                                   prior, settings.prior_weight)
-        done = beams.step(log_probs.view(len(users), k, -1), step, settings, trie)
+            scores = _constrained_scores(log_probs, fed, beams.running_scores, trie, beams.nodes, users, closed,
+                                         prior, settings.prior_weight)
+        else:  # unfed beams are fillers: log-prob 0 leaves their -1e9 scores as HF's forward would
+            log_probs = log_probs.view(len(users), fed, -1)
+            if fed < k:
+                log_probs = torch.cat([log_probs, log_probs.new_zeros(len(users), k - fed, log_probs.shape[-1])], 1)
+            scores = log_probs + beams.running_scores[:, :, None]
+        done = beams.step(scores.view(len(users), -1), step, settings, trie)
         user_ids = users.tolist()
         for row in done.nonzero().flatten().tolist():
             results[user_ids[row]] = beams.finished(row, settings, trie)
@@ -221,18 +225,35 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
     return results
 
 
-def _constrain(log_probs: torch.Tensor, trie: TitleTrie, nodes: torch.Tensor, users: torch.Tensor,
-               closed: torch.Tensor | None, prior: torch.Tensor | None = None, weight: float = 0.0) -> torch.Tensor:
-    """Log-probs with every token the trie does not allow at each row's node set to -inf; with a
-    prior, each allowed step also gains weight x (prior of the child node - prior of the parent)."""
-    rows, tokens = allowed_tokens(trie, nodes, users, closed)
-    out = torch.full_like(log_probs, float("-inf"))
-    out[rows, tokens] = log_probs[rows, tokens]
+def _constrained_scores(log_probs: torch.Tensor, fed: int, running: torch.Tensor, trie: TitleTrie,
+                        nodes: torch.Tensor, users: torch.Tensor, closed: torch.Tensor | None,
+                        prior: torch.Tensor | None = None, weight: float = 0.0) -> torch.Tensor:
+    """[users, K, vocab] beam scores: running score + log-prob of every token the trie allows at each beam's
+    node, -inf elsewhere; with a prior, each allowed step also gains weight x (prior of the child node -
+    prior of the parent).
+
+    `log_probs` holds the first `fed` beams of each user ([users x fed, vocab]); the others are fillers
+    whose log-probs count as 0 (see `_beams_to_feed`). Only the allowed entries are computed, into one
+    -inf tensor, with HF's operations in HF's order (log-prob, + prior step, + running score), so the
+    values are HF's to the bit; no dense [users x K, vocab] copy, sum or mask is made.
+    """
+    n_users, k = running.shape
+    beam_users = torch.arange(n_users, device=nodes.device).repeat_interleave(k)
+    rows, tokens = allowed_tokens(trie, nodes.flatten(), users[beam_users], closed)
+    user, beam = rows // k, rows % k
+    is_fed = beam < fed
+    values = torch.zeros(rows.shape, dtype=log_probs.dtype, device=log_probs.device)
+    values[is_fed] = log_probs[user[is_fed] * fed + beam[is_fed], tokens[is_fed]]
     if prior is not None and weight:
-        parent = nodes[rows]
+        parent = nodes.flatten()[rows]
         child = advance(trie, parent, tokens)
-        out[rows, tokens] += weight * (prior[users[rows], child] - prior[users[rows], parent])
-    return out
+        owner = users[user]  # the prior's row: the user's index in the batch it started in
+        values += weight * (prior[owner, child] - prior[owner, parent])
+    values = values + running.flatten()[rows]
+    scores = torch.full((n_users * k, log_probs.shape[-1]), float("-inf"), dtype=log_probs.dtype,
+                        device=log_probs.device)
+    scores[rows, tokens] = values
+    return scores.view(n_users, k, -1)
 
 
 def _beams_to_feed(beams: _Beams, s: BeamSettings) -> int:
@@ -309,10 +330,11 @@ class _Beams:
     def select(self, rows: torch.Tensor) -> _Beams:
         return _Beams(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
 
-    def step(self, log_probs: torch.Tensor, step: int, s: BeamSettings, trie: TitleTrie | None) -> torch.Tensor:
-        """One HF beam step on [users, K, vocab] log-probs; returns which users are done."""
-        users, k, vocab = log_probs.shape
-        scores = (log_probs + self.running_scores[:, :, None]).view(users, k * vocab)
+    def step(self, scores: torch.Tensor, step: int, s: BeamSettings, trie: TitleTrie | None) -> torch.Tensor:
+        """One HF beam step on [users, K x vocab] scores (running score + log-prob of each continuation);
+        returns which users are done."""
+        k = self.running_scores.shape[1]
+        vocab = scores.shape[1] // k
         top_scores, top_index = torch.topk(scores, 2 * k)  # HF keeps (1 + number of EOS tokens) * K
         origin, tokens = top_index // vocab, top_index % vocab
         seqs = self.seqs.gather(1, origin[:, :, None].expand(-1, -1, self.seqs.shape[2]))

@@ -9,7 +9,7 @@ early-stop heuristic and stopping rules per user). Only the work differs:
 
 - Users are batched (left padding, attention mask, explicit position ids) and each prompt is
   prefilled ONCE; HF copies a prompt into every beam first, so it pays K prefills. Only the last
-  position goes through the LM head, with a contiguous input (`contiguous_head_input`).
+  position goes through the LM head, as a contiguous copy.
 - The KV cache is never copied per beam nor reordered. The K beams of a user are fed as K query
   tokens of that user's single sequence ("tree attention"): each step appends their entries to
   the cache and a 4D mask lets every beam see only the prompt and its own ancestors. A beam that
@@ -142,27 +142,6 @@ def native_gqa_on_cpu(model):
             os.environ[key] = before
 
 
-@contextlib.contextmanager
-def contiguous_head_input(model):
-    """Hand the LM head a contiguous input while the prompts are prefilled.
-
-    With `logits_to_keep=1` the head gets `hidden[:, -1:]`, a strided view; `F.linear` of a
-    non-contiguous 3D input goes through `matmul`, which on CPU expands the [vocab, hidden] weight once
-    per user into a batched matmul: a 32-user prefill copied 1.8 GB (SmolLM2's 49,152 x 576 head x 32)
-    and took 1.7 s for the last position's logits, against 6 ms once the input is contiguous. Same
-    logits up to bf16 summation order.
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
                 excluded: Sequence[Sequence[int]] | None = None, prior: torch.Tensor | None = None
                 ) -> list[list[Hypothesis]]:
@@ -180,9 +159,12 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
         trie = trie.to(device)
     closed = excluded_node_keys(trie, excluded).to(device) if trie is not None and excluded else None
     input_ids, attention = _left_pad(prompts, settings.pad_token_id, device)
-    with contiguous_head_input(model):
-        out = model(input_ids=input_ids, attention_mask=attention,
-                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    # The last position as an index, not logits_to_keep=1: that hands the LM head the strided view hidden[:, -1:],
+    # and F.linear of a non-contiguous 3D input goes through matmul, which on CPU expands the [vocab, hidden]
+    # weight once per user (1.8 GB and 1.7 s for a 32-user batch of SmolLM2, against 6 ms). Indexing copies.
+    last = torch.tensor([input_ids.shape[1] - 1], device=device)
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=last)
     cache = out.cache
     log_probs = torch.log_softmax(out.logits[:, -1], dim=-1, dtype=torch.float32).repeat_interleave(k, 0)
     beams = _Beams.start(len(prompts), k, settings.max_new_tokens, device)
@@ -238,14 +220,14 @@ def _constrained_scores(log_probs: torch.Tensor, fed: int, running: torch.Tensor
     values are HF's to the bit; no dense [users x K, vocab] copy, sum or mask is made.
     """
     n_users, k = running.shape
-    beam_users = torch.arange(n_users, device=nodes.device).repeat_interleave(k)
-    rows, tokens = allowed_tokens(trie, nodes.flatten(), users[beam_users], closed)
+    nodes = nodes.flatten()
+    rows, tokens = allowed_tokens(trie, nodes, users.repeat_interleave(k), closed)
     user, beam = rows // k, rows % k
     is_fed = beam < fed
     values = torch.zeros(rows.shape, dtype=log_probs.dtype, device=log_probs.device)
     values[is_fed] = log_probs[user[is_fed] * fed + beam[is_fed], tokens[is_fed]]
     if prior is not None and weight:
-        parent = nodes.flatten()[rows]
+        parent = nodes[rows]
         child = advance(trie, parent, tokens)
         owner = users[user]  # the prior's row: the user's index in the batch it started in
         values += weight * (prior[owner, child] - prior[owner, parent])

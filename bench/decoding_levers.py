@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from genrec.params import load_params
+    from genrec.config.params import load_params
     from genrec.stages import evaluate
 
     params = load_params(args.params, [*args.overrides, f"eval.max_users={args.users}"])

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from genrec.decoding import BeamSettings, is_real, ranked_beams
-from genrec.params import load_params
-from genrec.prompts import PromptTemplate
-from genrec import evaluation as evaluate
-from genrec.trie import Catalogue, build_title_trie
+from genrec.decoding.beam_search import BeamSettings, is_real, ranked_beams
+from genrec.config.params import load_params
+from genrec.data.prompts import PromptTemplate
+from genrec.models.genrec import evaluation as evaluate
+from genrec.decoding.trie import Catalogue, build_title_trie
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from genrec.decoding import BeamSettings, ranked_beams  # noqa: E402
-from genrec.trie import build_title_trie  # noqa: E402
+from genrec.decoding.beam_search import BeamSettings, ranked_beams  # noqa: E402
+from genrec.decoding.trie import build_title_trie  # noqa: E402
 
 SHAPES = {
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

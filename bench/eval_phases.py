@@ -3,8 +3,8 @@
     python bench/eval_phases.py                       # 64 validation users, models/<dataset>/genrec
     python bench/eval_phases.py --users 200 --batch-size 16
 
-Loads the trained adapter as the evaluate stage does (`genrec.evaluation.load_model`, merged, bf16), takes the
-learning curve's seeded sample of validation users (`genrec.curve.curve_data`) and runs `decode_lists` with
+Loads the trained adapter as the evaluate stage does (`genrec.models.genrec.evaluation.load_model`, merged, bf16), takes the
+learning curve's seeded sample of validation users (`genrec.models.genrec.curve.curve_data`) and runs `decode_lists` with
 params.yaml's `eval` settings. Every forward of the model is timed: the first of each batch (no cache) is the
 prefill, the others are decoding steps; "rest" is everything else (log-softmax, trie constraint, beam
 bookkeeping). The hash of the ranked item ids shows whether a change kept the lists identical.
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="default: models/<dataset>/genrec")
     args = parser.parse_args()
 
-    from genrec import evaluation
-    from genrec.curve import curve_data
-    from genrec.params import load_params
+    from genrec.models.genrec import evaluation
+    from genrec.models.genrec.curve import curve_data
+    from genrec.config.params import load_params
 
     params = load_params(args.params)
     dataset = params.dataset

@@ -10,7 +10,7 @@
 # packed with position ids restarting per document, no attention mask, so transformers builds the
 # block-diagonal mask; LM head only where there is a loss); `packed` adds variable-length flash attention
 # where torch has it. Evaluation (bench/eval_gpu.py): genrec's constrained batched beam search
-# (genrec.decoding.ranked_beams, what `genrec evaluate` runs with eval.device auto on a GPU) against HF
+# (genrec.decoding.beam_search.ranked_beams, what `genrec evaluate` runs with eval.device auto on a GPU) against HF
 # `generate` one user at a time with 10 beams. Both scripts check their losses/lists before timing.
 # Needs torch, transformers, peft (training) and this repository's src/; no trl, no data, no downloads.
 # Targets on one H200: training >= 15,000 tok/s at the 7B shape and >= 150,000 at 135M; constrained evaluation

@@ -9,7 +9,7 @@ The ceiling is measured here: the GFLOP/s of a bf16 `linear` of the model's MLP 
 FLOPs LoRA training spends per token: 2 x (linear weights) forward plus 2 x (linear weights) backward
 (gradients of the activations only: the backbone is frozen), the LM head included, attention left out.
 
-The trainer is built exactly as the train stage builds it (`genrec.sft.build_trainer` from
+The trainer is built exactly as the train stage builds it (`genrec.models.genrec.sft.build_trainer` from
 params.yaml plus `--set` overrides); only eval and checkpoints are switched off. The first
 `--warmup` optimizer steps are not timed. Variants change one thing each:
 
@@ -45,7 +45,7 @@ def synthetic_prompts(folder: Path, mirror: Path, params) -> Path:
     """train/valid.jsonl + template.json like the prompts stage's, from the raw MovieLens files."""
     import pandas as pd
 
-    from genrec.prompts import PromptTemplate, choose_instruction
+    from genrec.data.prompts import PromptTemplate, choose_instruction
 
     ratings = pd.read_csv(mirror / "ml-latest-small" / "ratings.csv").sort_values(["userId", "timestamp", "movieId"])
     titles = pd.read_csv(mirror / "ml-latest-small" / "movies.csv").set_index("movieId")["title"].str.strip()
@@ -113,8 +113,8 @@ def gemm_ceiling(base: Path, rows: int) -> dict:
 
 
 def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup: int, processed: Path) -> dict:
-    from genrec import sft
-    from genrec.prompts import PromptTemplate
+    from genrec.models.genrec import sft
+    from genrec.data.prompts import PromptTemplate
 
     tp = params.train
     changes = {"max_steps": warmup + steps, "eval_steps": None, "save_steps": 10**9, "logging_steps": 1}
@@ -155,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from genrec.params import load_params
+    from genrec.config.params import load_params
 
     params = load_params(args.params, args.overrides)
     if not (args.base / "config.json").is_file():

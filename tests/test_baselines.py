@@ -1,4 +1,4 @@
-"""genrec.baselines and genrec.sasrec: protocol pieces, and both models beat random ranking on synthetic data.
+"""genrec.baselines and genrec.models.sasrec.model: protocol pieces, and both models beat random ranking on synthetic data.
 
 One file for both: they share the synthetic splits built here.
 """
@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec import baselines, sasrec
+from genrec.evaluation import scoring as baselines
+from genrec.models.sasrec import model as sasrec
 from genrec.errors import DataError
 from genrec.io import split_fingerprint
-from genrec.params import Params
+from genrec.config.params import Params
 from genrec.stages import mostpop
 from genrec.stages import sasrec as sasrec_stage
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from genrec.params import load_params
+from genrec.config.params import load_params
 
 
 def load_bench(root):

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from genrec.cli import promote, recommend
-from genrec.params import to_dict
+from genrec.config.params import to_dict
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from genrec.datasets import KNOWN, dataset_source, extract_zip, fetch, read_sha256sums
+from genrec.data.datasets import KNOWN, dataset_source, extract_zip, fetch, read_sha256sums
 from genrec.errors import DataError
 from genrec.io import sha256_file
 

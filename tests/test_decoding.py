@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from genrec.decoding import BeamSettings, is_real, ranked_beams
-from genrec.trie import build_title_trie
+from genrec.decoding.beam_search import BeamSettings, is_real, ranked_beams
+from genrec.decoding.trie import build_title_trie
 
 VOCAB, EOS, PAD = 64, 1, 0
 
@@ -158,7 +158,7 @@ def test_ghost_tokens_do_not_count_in_the_length(model, titles, prompts, thresho
 
 
 def test_a_node_prior_steers_the_search_to_its_title(model, titles, prompts):
-    from genrec.trie import node_log_mass
+    from genrec.decoding.trie import node_log_mass
 
     trie = build_title_trie(titles, EOS)
     settings = BeamSettings(num_beams=5, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)
@@ -190,7 +190,7 @@ def test_native_gqa_is_used_on_cpu_and_the_environment_is_restored(model, monkey
 
     from transformers.integrations import sdpa_attention
 
-    from genrec.decoding import native_gqa_on_cpu
+    from genrec.decoding.beam_search import native_gqa_on_cpu
 
     monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
     key = torch.zeros(1, 2, 3, 8)
@@ -226,7 +226,7 @@ def test_the_lm_head_only_ever_gets_contiguous_inputs_in_the_search(model, title
 
 def test_per_user_priors_follow_their_users_when_others_leave_the_batch(model, titles, prompts):
     """Each user's prior row stays its own while finished users leave the batch: batched = one user at a time."""
-    from genrec.trie import node_log_mass
+    from genrec.decoding.trie import node_log_mass
 
     trie = build_title_trie(titles, EOS)
     settings = BeamSettings(num_beams=4, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD,

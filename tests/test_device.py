@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrec.backbone import inference_device
+from genrec.models.genrec.backbone import inference_device
 from genrec.errors import DataError
-from genrec.params import ParamsError, load_params
+from genrec.config.params import ParamsError, load_params
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 

@@ -31,7 +31,7 @@ from filelock import FileLock
 
 import genrec
 from genrec.io import lock_path
-from genrec.params import load_params
+from genrec.config.params import load_params
 from genrec.stages import split as stage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-from genrec.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, paired_bootstrap,
+from genrec.evaluation.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, paired_bootstrap,
                             ranking_metrics, target_rank)
 
 RANKS = [1, 3, None, 10, 6]

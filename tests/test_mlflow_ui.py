@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from genrec import registry, tracking
-from genrec.model_card import model_card
-from genrec.params import Params, TrackingParams
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
+from genrec.tracking.model_card import model_card
+from genrec.config.params import Params, TrackingParams
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

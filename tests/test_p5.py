@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genrec import p5
+from genrec.models.p5 import model as p5
 from genrec.errors import DataError
-from genrec.params import P5Params, Params
-from genrec.p5 import build_index, split_records
-from genrec.sequences import load_sequences
+from genrec.config.params import P5Params, Params
+from genrec.models.p5.model import build_index, split_records
+from genrec.data.sequences import load_sequences
 
 
 def write_split(folder, sequences: dict[str, list[str]], extra_items: tuple[str, ...] = ()):
@@ -122,7 +122,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 
 
 def test_params_validation(root):
-    from genrec.params import ParamsError, load_params
+    from genrec.config.params import ParamsError, load_params
 
     assert Params().p5.backbone == "scratch" and Params().p5.indexing == "random"
     assert load_params(root / "params.yaml").p5 == P5Params()  # params.yaml states the defaults

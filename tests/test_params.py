@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genrec.params import Params, ParamsError, load_params, to_dict
+from genrec.config.params import Params, ParamsError, load_params, to_dict
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 

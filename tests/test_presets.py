@@ -6,10 +6,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from genrec import presets, sft
+from genrec.config import presets
+from genrec.models.genrec import sft
 from genrec.cli import main
 from genrec.errors import DataError
-from genrec.params import load_params
+from genrec.config.params import load_params
 
 
 @pytest.fixture(scope="module")

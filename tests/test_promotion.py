@@ -21,9 +21,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from genrec import promotion, registry, tracking
+from genrec.tracking import promotion
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
 from genrec.cli import promote as promote_command
-from genrec.params import PromoteParams, to_dict
+from genrec.config.params import PromoteParams, to_dict
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 

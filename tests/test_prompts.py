@@ -11,8 +11,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from genrec.params import PromptsParams
-from genrec.prompts import (
+from genrec.config.params import PromptsParams
+from genrec.data.prompts import (
     DEFAULT_TEMPLATE,
     INSTRUCTIONS,
     SEQUENCE_HEADER,
@@ -208,7 +208,7 @@ def test_choose_instruction_is_deterministic_and_varied():
 
 def test_choose_instruction_is_stable_across_processes():
     # Python's hash() changes with PYTHONHASHSEED; the choice must not.
-    code = ("from genrec.prompts import INSTRUCTIONS, choose_instruction as c; "
+    code = ("from genrec.data.prompts import INSTRUCTIONS, choose_instruction as c; "
             "print([INSTRUCTIONS.index(c(42, f'u{u}', 3, INSTRUCTIONS)) for u in range(20)])")
     outputs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                               capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from genrec.errors import DataError
-from genrec.readers import (dataset_files, read_amazon_2014, read_amazon_2018, read_generic, read_movielens,
+from genrec.data.readers import (dataset_files, read_amazon_2014, read_amazon_2018, read_generic, read_movielens,
                             read_movielens_dat)
 
 RATINGS = "userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,3.5,90\n2,10,5.0,100\n"

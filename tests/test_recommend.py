@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from genrec.errors import DataError
-from genrec.prompts import INSTRUCTIONS
-from genrec.recommend import Recommender, closest_titles, resolve_history, user_history
+from genrec.data.prompts import INSTRUCTIONS
+from genrec.models.genrec.recommend import Recommender, closest_titles, resolve_history, user_history
 from genrec.stages import evaluate
-from genrec.trie import Catalogue
+from genrec.decoding.trie import Catalogue
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 

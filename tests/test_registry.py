@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genrec import promotion, registry, tracking
+from genrec.tracking import promotion
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec import report
+from genrec.evaluation import report
 from genrec.errors import DataError
 
 
@@ -53,7 +53,7 @@ def test_paper_table_is_labelled_as_the_papers():
 
 
 def test_every_model_is_restricted_to_the_references_sample_with_recomputed_intervals():
-    from genrec.metrics import ranking_metrics
+    from genrec.evaluation.metrics import ranking_metrics
 
     everyone = {f"u{i}": (1 if i % 4 == 0 else None) for i in range(40)}
     sample = {u: everyone[u] for u in list(everyone)[::4]}  # the reference decoded 10 of the 40 users

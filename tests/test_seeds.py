@@ -8,7 +8,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from genrec import seeds
+from genrec.evaluation import seeds
 from genrec.cli import main
 from genrec.errors import DataError
 

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import requests
 
-from genrec import registry, tracking
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from genrec import sft
+from genrec.models.genrec import sft
 from genrec.errors import DataError
-from genrec.params import LoraParams, Params, TrainParams
-from genrec.prompts import PromptTemplate
+from genrec.config.params import LoraParams, Params, TrainParams
+from genrec.data.prompts import PromptTemplate
 
 TITLES = [f"Film number {n}, The ({1950 + n})" for n in range(30)]
 
@@ -207,7 +207,7 @@ def write_split(folder: Path) -> Path:
 
 
 def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
-    from genrec.prompts import SequenceEncoder
+    from genrec.data.prompts import SequenceEncoder
 
     processed = write_split(tmp_path / "processed")
     encoder = SequenceEncoder(PromptTemplate.sequence(max_history=5), tokenizer)
@@ -228,7 +228,7 @@ def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
 
 
 def test_recent_windows_keep_each_users_latest_training_titles(tokenizer, tmp_path):
-    from genrec.prompts import SequenceEncoder
+    from genrec.data.prompts import SequenceEncoder
 
     processed = write_split(tmp_path / "processed")
     encoder = SequenceEncoder(PromptTemplate.sequence(max_history=5), tokenizer)
@@ -339,7 +339,7 @@ def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
 
     import yaml
 
-    from genrec.params import load_params
+    from genrec.config.params import load_params
 
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
     command = re.search(r"`(dvc exp run -S train\.accelerate_profile=4gpu[^`]*)`", readme).group(1)

@@ -1,4 +1,4 @@
-"""Unit tests for genrec.split: k-core, duplicates, chronological order, leave-one-out, stats."""
+"""Unit tests for genrec.data.split: k-core, duplicates, chronological order, leave-one-out, stats."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genrec import split
+from genrec.data import split
 
 
 def frame(rows, rating=False):
@@ -131,7 +131,7 @@ def test_stats_on_hand_data():
 
 
 def test_repeat_targets_count_targets_already_in_the_history():
-    from genrec.split import leave_one_out, order_chronologically, repeat_targets
+    from genrec.data.split import leave_one_out, order_chronologically, repeat_targets
 
     frame = pd.DataFrame({
         # a: test item 1 is in its train part; b: valid item 5 is in its train part, test item 6 is new;

@@ -21,10 +21,9 @@ import yaml
 
 NOT_DEPS = {
     # Deliberately absent from every stage's deps (paths relative to src/genrec):
-    "__init__.py": "package markers, empty",
-    "stages/__init__.py": "package markers, empty",
+    "__init__.py": "the package's docstring and version",
     "errors.py": "the error type: changes a failure's message, never an output",
-    "params.py": "the params schema: every value a stage reads is in params.yaml (tests/test_params.py proves "
+    "config/params.py": "the params schema: every value a stage reads is in params.yaml (tests/test_params.py proves "
                  "its defaults equal the dataclasses') and reaches DVC through the stage's `params:`",
     "cli.py": "the command table: parses paths and hands them to stages/<command>.py",
 }
@@ -77,7 +76,8 @@ def missing_and_extra_deps(dvc: dict, src: Path) -> list[str]:
     problems = []
     for name, stage in dvc["stages"].items():
         stage = stage.get("do", stage)  # a foreach stage: its template
-        closure = import_closure(stage_module(stage["cmd"]), src) - set(NOT_DEPS)
+        closure = {m for m in import_closure(stage_module(stage["cmd"]), src) - set(NOT_DEPS)
+                   if not m.endswith("/__init__.py")}  # sub-package markers: empty (test below)
         listed = {d.removeprefix("src/genrec/") for d in stage.get("deps", []) if d.startswith("src/genrec/")}
         for module in sorted(closure - listed):
             problems.append(f"stage {name}: deps miss src/genrec/{module} (imported, transitively)")
@@ -118,6 +118,12 @@ def test_library_modules_never_import_stages(src):
     assert stage_imports_in_library(src) == []
 
 
+def test_sub_package_markers_are_empty(src):
+    """Sub-packages group modules by role; their __init__.py stay empty, so no stage depends on them."""
+    markers = sorted(src.rglob("*/__init__.py"))
+    assert markers and [m for m in markers if m.read_text(encoding="utf-8").strip()] == []
+
+
 def test_not_deps_names_real_modules(src):
     for module in NOT_DEPS:
         assert (src / module).is_file(), module
@@ -125,9 +131,9 @@ def test_not_deps_names_real_modules(src):
 
 def test_a_removed_dep_is_named(dvc, src):
     mutated = copy.deepcopy(dvc)
-    mutated["stages"]["mostpop"]["do"]["deps"].remove("src/genrec/metrics.py")
+    mutated["stages"]["mostpop"]["do"]["deps"].remove("src/genrec/evaluation/metrics.py")
     assert missing_and_extra_deps(mutated, src) == [
-        "stage mostpop: deps miss src/genrec/metrics.py (imported, transitively)"]
+        "stage mostpop: deps miss src/genrec/evaluation/metrics.py (imported, transitively)"]
 
 
 def test_a_transitive_import_is_followed(tmp_path):

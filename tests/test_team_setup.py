@@ -143,9 +143,10 @@ def test_promote_and_recommend_go_through_the_tracking_server(server, tmp_path, 
     from click.testing import CliRunner
     from mlflow import MlflowClient
 
-    from genrec import registry, tracking
+    from genrec.tracking import registry
+    from genrec.tracking import runs as tracking
     from genrec.cli import recommend
-    from genrec.params import to_dict
+    from genrec.config.params import to_dict
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     w = tiny.world(tmp_path / "work")  # params say sqlite:///<tmp>/work/mlflow.db: the variable must win

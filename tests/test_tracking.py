@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genrec import tracking
+from genrec.tracking import runs as tracking
 from genrec.io import split_fingerprint
-from genrec.params import Params, TrackingParams
+from genrec.config.params import Params, TrackingParams
 
 import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
 
@@ -150,8 +150,8 @@ def test_a_run_whose_block_raises_ends_failed_and_an_interrupted_one_killed(tmp_
 
 SIGTERMED = """
 import os, signal, sys, time
-from genrec import tracking
-from genrec.params import Params, TrackingParams
+from genrec.tracking import runs as tracking
+from genrec.config.params import Params, TrackingParams
 
 params = Params(dataset="tiny", tracking=TrackingParams(uri=sys.argv[1]))
 with tracking.start_or_resume_run(params, run_name="terminated") as run:

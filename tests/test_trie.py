@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.trie import Catalogue, advance, allowed_tokens, build_title_trie, excluded_node_keys
+from genrec.decoding.trie import Catalogue, advance, allowed_tokens, build_title_trie, excluded_node_keys
 
 EOS = 1
 TITLES = [(5, 6, 7), (5, 6), (5, 8), (9,)]  # (5, 6) is a prefix of (5, 6, 7)

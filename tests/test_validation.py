@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genrec import split, validation
-from genrec.split import catalogue
+from genrec.data import split
+from genrec.data import validation
+from genrec.data.split import catalogue
 
 
 def movielens_small(folder) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -2,7 +2,7 @@
 
 A catalogue of real-looking titles, a leave-one-out split, a 2-layer random LLaMA with a byte-level
 BPE tokenizer, LoRA adapters laid out as `genrec train` writes them (each with its own MLflow run),
-and metrics files made by the evaluation's own `genrec.results.summarise`. Test modules `import tiny_genrec`
+and metrics files made by the evaluation's own `genrec.evaluation.outputs.summarise`. Test modules `import tiny_genrec`
 (pyproject.toml puts tests/ on pytest's pythonpath).
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from genrec import tracking
-from genrec.params import EvalParams, Params, TrackingParams, to_dict
-from genrec.prompts import INSTRUCTIONS, PromptTemplate
+from genrec.tracking import runs as tracking
+from genrec.config.params import EvalParams, Params, TrackingParams, to_dict
+from genrec.data.prompts import INSTRUCTIONS, PromptTemplate
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "American President, The (1995)", "GoldenEye (1995)",
           "Jumanji (1995)", "Casino (1995)", "Sabrina (1995)", "Sudden Death (1995)", "Balto (1995)",
@@ -103,7 +103,7 @@ def write_metrics(path: Path, split: str, ranks: list[int | None], predictions: 
     """A metrics file exactly as `genrec evaluate` writes it, for users u0, u1... whose targets sit at `ranks`;
     with `predictions`, the predictions file of the same evaluation too."""
     from genrec.io import write_json
-    from genrec.results import summarise, write_predictions
+    from genrec.evaluation.outputs import summarise, write_predictions
 
     e = replace(EvalParams(bootstrap_samples=50), split=split, **eval_overrides)
     records = [{"user_id": f"u{u}", "target_item_id": "target"} for u in range(len(ranks))]

@@ -25,7 +25,7 @@ SET_OPTION = click.option(
 
 def load(params_path: Path, overrides: tuple[str, ...]):
     """Load and validate the params once; a bad value is a usage error naming the key."""
-    from genrec.params import ParamsError, load_params
+    from genrec.config.params import ParamsError, load_params
 
     try:
         return load_params(params_path, overrides)
@@ -296,7 +296,7 @@ def table(params_path, overrides, **paths):
 def seeds(runs, out_path):
     """Several seeds of one configuration: each metric's mean and 95% t-interval across RUNS (each a run's
     reports/<dataset> folder or its metrics/ folder), beside the per-user bootstrap intervals."""
-    from genrec import seeds as variation
+    from genrec.evaluation import seeds as variation
     from genrec.errors import DataError
 
     try:
@@ -315,7 +315,7 @@ def preset(name, form):
 
     e.g. `dvc exp run $(genrec preset paper-toys)` runs the paper's Toys setting as an experiment.
     """
-    from genrec import presets
+    from genrec.config import presets
     from genrec.errors import DataError
 
     if name is None:
@@ -348,10 +348,10 @@ def recommend(params_path, overrides, model_uri, history, user_id, processed_dir
     params = load(params_path, overrides)
     if bool(history) == bool(user_id):
         raise click.UsageError("give the history with --history TITLE (repeatable) or --user ID, not both")
-    from genrec import registry
+    from genrec.tracking import registry
     from genrec.errors import DataError
-    from genrec.layout import processed_dir as default_processed
-    from genrec.recommend import predict, user_history
+    from genrec.config.layout import processed_dir as default_processed
+    from genrec.models.genrec.recommend import predict, user_history
 
     model_uri = model_uri or registry.champion_uri(params)
     try:

@@ -32,7 +32,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from genrec.errors import DataError
-from genrec.layout import SPLITS
+from genrec.config.layout import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from genrec import backbone
+from genrec.models.genrec import backbone
 from genrec.errors import DataError
-from genrec.params import ModelParams, Params
+from genrec.config.params import ModelParams, Params
 from genrec.stages import base_model
 
 FILM_PROMPT = "My favourite films: Toy Story (1995), Aladdin (1992),"

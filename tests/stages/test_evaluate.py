@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from genrec.errors import DataError
-from genrec.params import EvalParams, Params, TrackingParams
-from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
-from genrec import evaluation
+from genrec.config.params import EvalParams, Params, TrackingParams
+from genrec.data.prompts import INSTRUCTIONS, PromptTemplate, format_history
+from genrec.models.genrec import evaluation
 from genrec.stages import evaluate
-from genrec.tracking import data_hashes
+from genrec.tracking.runs import data_hashes
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
@@ -130,7 +130,7 @@ def test_constrained_run_writes_valid_lists_and_is_reproducible(world, tmp_path)
 
 
 def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path):
-    from genrec import tracking
+    from genrec.tracking import runs as tracking
 
     p = params(tmp_path)
     adapter = tmp_path / "adapter"
@@ -231,8 +231,8 @@ def test_empty_catalogue_is_refused(world, tmp_path):
 def test_unconstrained_beams_match_titles_exactly_after_whitespace_normalisation(world):
     from transformers import AutoTokenizer
 
-    from genrec.decoding import Hypothesis
-    from genrec.trie import Catalogue
+    from genrec.decoding.beam_search import Hypothesis
+    from genrec.decoding.trie import Catalogue
 
     tokenizer = AutoTokenizer.from_pretrained(world["base"])
     catalogue = Catalogue.from_items(world["items"])
@@ -273,7 +273,7 @@ def test_two_processes_give_the_single_process_lists(world, tmp_path, root, batc
 
     import yaml
 
-    from genrec.params import to_dict
+    from genrec.config.params import to_dict
 
     one = tmp_path / "one"
     run(world, one, params(one, batch_size=batch_size), model_dir=world["adapter"])

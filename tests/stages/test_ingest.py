@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from genrec.errors import DataError
-from genrec.params import IngestParams, Params
+from genrec.config.params import IngestParams, Params
 from genrec.stages import ingest
 
 GENERIC = {"interactions.csv": "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n", "items.csv": "item_id,title\na,A\nb,B\n"}
@@ -141,7 +141,7 @@ def test_an_empty_file_is_refused_and_the_previous_output_kept(tmp_path, name, t
 
 
 def test_a_huge_title_is_cut_at_a_word_boundary_and_counted(tmp_path):
-    from genrec.tables import MAX_TITLE_CHARS
+    from genrec.data.tables import MAX_TITLE_CHARS
 
     raw, out = tmp_path / "raw", tmp_path / "out"
     raw.mkdir()

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec import p5
+from genrec.models.p5 import model as p5
 from genrec.errors import DataError
-from genrec.params import EvalParams, P5Params, Params, PromptsParams, TrackingParams
-from genrec import p5_ranking
+from genrec.config.params import EvalParams, P5Params, Params, PromptsParams, TrackingParams
+from genrec.models.p5 import ranking as p5_ranking
 from genrec.stages import p5_evaluate, p5_train
 
 N_ITEMS, N_USERS = 30, 60
@@ -113,7 +113,7 @@ def test_metrics_land_in_the_training_run(trained):
 
 
 def test_user_sample_matches_the_evaluate_stage(trained):
-    from genrec.results import sample_users
+    from genrec.evaluation.outputs import sample_users
 
     tmp, _ = trained
     evaluate(tmp, tiny_params(tmp, max_users=7), name="sample")

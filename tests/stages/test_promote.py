@@ -17,10 +17,11 @@ from dataclasses import replace
 
 import pytest
 
-from genrec import registry, tracking
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import fingerprint, split_fingerprint
-from genrec.params import PromoteParams
+from genrec.config.params import PromoteParams
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from genrec.errors import DataError
-from genrec.params import Params, PromptsParams
-from genrec.prompts import PromptTemplate, build_prompt, parse_history
+from genrec.config.params import Params, PromptsParams
+from genrec.data.prompts import PromptTemplate, build_prompt, parse_history
 from genrec.stages.prompts import run
 
 import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
@@ -171,7 +171,7 @@ def test_integer_ids_are_read_as_strings(tmp_path):
 def test_users_the_split_drops_are_not_prompted(root, tmp_path):
     """Users removed by the split's filters (short users, ratings under split.min_rating) stay in the parquet
     dictionary of user ids; the prompts stage must prompt the users that have rows, not fail on the others."""
-    from genrec.params import load_params
+    from genrec.config.params import load_params
     from genrec.stages import split as split_stage
 
     rows = []

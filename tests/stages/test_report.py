@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from genrec.errors import DataError
-from genrec.metrics import integrity_metrics, ranking_metrics, target_rank
-from genrec.params import Params
+from genrec.evaluation.metrics import integrity_metrics, ranking_metrics, target_rank
+from genrec.config.params import Params
 from genrec.stages import report as stage
 
 USERS = [f"u{i:03d}" for i in range(120)]
@@ -76,7 +76,7 @@ def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params
     assert float(rows[-1]["genrec_hr"]) == pytest.approx(json.loads((tmp_path / "metrics" / "genrec.json").read_text())
                                                           ["hr_at_10"], abs=1e-6)
 
-    from genrec import tracking
+    from genrec.tracking import runs as tracking
 
     client = tracking.mlflow_client(params)
     runs = client.search_runs([client.get_experiment_by_name("genrec-ml-latest-small").experiment_id])

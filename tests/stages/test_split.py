@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from genrec.cli import main
 from genrec.errors import DataError
-from genrec.params import load_params
+from genrec.config.params import load_params
 from genrec.stages import split as stage
 
 import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)

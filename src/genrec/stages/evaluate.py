@@ -21,11 +21,11 @@ import logging
 import time
 from pathlib import Path
 
-from genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
+from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
                                user_exclusions, with_split_history)
 from genrec.io import split_fingerprint, write_json
-from genrec.params import Params
-from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
+from genrec.config.params import Params
+from genrec.evaluation.outputs import log_to_mlflow, sample_users, summarise, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
         else [[] for _ in records]
     assistant, histories = None, None
     if assistant_dir is not None and e.assistant_weight:
-        from genrec.assist import SasrecAssistant
-        from genrec.sequences import read_histories
+        from genrec.models.genrec.assist import SasrecAssistant
+        from genrec.data.sequences import read_histories
 
         assistant = SasrecAssistant(Path(assistant_dir), catalogue)
         known = read_histories(processed_dir, before=e.split, users=[r["user_id"] for r in records])

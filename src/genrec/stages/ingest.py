@@ -15,12 +15,12 @@ import json
 import logging
 from pathlib import Path
 
-from genrec.datasets import KNOWN, copy_hashing, dataset_source, extract_zip, fetch, read_sha256sums
+from genrec.data.datasets import KNOWN, copy_hashing, dataset_source, extract_zip, fetch, read_sha256sums
 from genrec.errors import DataError
 from genrec.io import atomic_path, sha256_file
-from genrec.params import Params
-from genrec.readers import READERS, dataset_files
-from genrec.tables import MAX_TITLE_CHARS, truncate_titles
+from genrec.config.params import Params
+from genrec.data.readers import READERS, dataset_files
+from genrec.data.tables import MAX_TITLE_CHARS, truncate_titles
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _acquire(params: Params, fmt: str, raw_dir: Path, mirror: Path | None) -> tu
     if raw_dir.is_dir() and any(raw_dir.iterdir()):
         # Replacing the folder would delete files someone put there by hand.
         raise DataError(f"holds files, but not the {fmt} files of {params.dataset!r}", path=raw_dir,
-                        fix="Complete them (see genrec.readers.dataset_files), or remove the folder to fetch it")
+                        fix="Complete them (see genrec.data.readers.dataset_files), or remove the folder to fetch it")
     if mirror is not None and (Path(mirror) / params.dataset).is_dir():
         copy_mirror(Path(mirror) / params.dataset, raw_dir)
         return "mirror", []

@@ -14,10 +14,10 @@ import logging
 import time
 from pathlib import Path
 
-from genrec import baselines
+from genrec.evaluation import scoring as baselines
 from genrec.io import split_fingerprint, write_json
-from genrec.params import Params
-from genrec.results import write_predictions
+from genrec.config.params import Params
+from genrec.evaluation.outputs import write_predictions
 
 log = logging.getLogger(__name__)
 

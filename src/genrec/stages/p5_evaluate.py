@@ -3,7 +3,7 @@
     genrec p5_evaluate --processed data/processed/<dataset> --model models/<dataset>/p5 \\
         --metrics reports/<dataset>/metrics/p5.json --predictions reports/<dataset>/predictions/p5.jsonl
 
-Every item id is one token, so a constrained beam is the item token then EOS; `genrec.p5_ranking`
+Every item id is one token, so a constrained beam is the item token then EOS; `genrec.models.p5.ranking`
 computes HF's beam search for that case directly (and runs HF `generate` for the unconstrained one).
 
 Refuses a checkpoint from another dataset or split and an item index or vocabulary that does not
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec import p5
-from genrec.evaluation import read_catalogue
+from genrec.models.p5 import model as p5
+from genrec.models.genrec.evaluation import read_catalogue
 from genrec.io import split_fingerprint, write_json
-from genrec.p5_ranking import load_model, rank_users, ranked_entries
-from genrec.params import Params
-from genrec.results import log_to_mlflow, sample_users, summarise, write_predictions
-from genrec.sequences import load_sequences, target_rows
+from genrec.models.p5.ranking import load_model, rank_users, ranked_entries
+from genrec.config.params import Params
+from genrec.evaluation.outputs import log_to_mlflow, sample_users, summarise, write_predictions
+from genrec.data.sequences import load_sequences, target_rows
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec import p5, tracking
+from genrec.models.p5 import model as p5
+from genrec.tracking import runs as tracking
 from genrec.io import atomic_path, split_fingerprint, write_json
-from genrec.params import Params, to_dict
-from genrec.sequences import load_sequences
+from genrec.config.params import Params, to_dict
+from genrec.data.sequences import load_sequences
 
 log = logging.getLogger(__name__)
 

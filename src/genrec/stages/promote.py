@@ -8,11 +8,11 @@
 
 The adapter becomes (at most once) a pyfunc version of `genrec-<dataset>` tagged with its validation
 and test HR/NDCG, the split fingerprint, the validation protocol, the git commit and the backbone
-(`genrec.registry`). Its per-user validation ranks are stored with it, and its description is a model
-card built from its lineage (`genrec.model_card`, with the baselines' test metrics found beside the test
+(`genrec.tracking.registry`). Its per-user validation ranks are stored with it, and its description is a model
+card built from its lineage (`genrec.tracking.model_card`, with the baselines' test metrics found beside the test
 metrics file). `champion` moves only to a version that scores higher on VALIDATION `promote.metric` on the
 same split and protocol AND wins a paired bootstrap over the validation users at `promote.alpha`
-(`genrec.promotion`; `alpha: null`: higher is enough). Without validation metrics the stage refuses:
+(`genrec.tracking.promotion`; `alpha: null`: higher is enough). Without validation metrics the stage refuses:
 choosing on test metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was
 champion, who is, why, and the test that decided. `--reset` archives the champion (when the split or
 protocol changed, it can be compared with nothing new) so that the next promotion starts afresh.
@@ -25,13 +25,16 @@ import logging
 import math
 from pathlib import Path
 
-from genrec import model_card, promotion, registry, tracking
+from genrec.tracking import model_card
+from genrec.tracking import promotion
+from genrec.tracking import registry
+from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint, write_json
-from genrec.layout import SPLITS
-from genrec.metrics import Rank
-from genrec.params import Params, to_dict
-from genrec.report import read_ranks
+from genrec.config.layout import SPLITS
+from genrec.evaluation.metrics import Rank
+from genrec.config.params import Params, to_dict
+from genrec.evaluation.report import read_ranks
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from genrec.io import atomic_path
-from genrec.params import Params
-from genrec.prompts import PromptTemplate, choose_instruction, format_history
-from genrec.sequences import Sequences, load_sequences, quote, target_rows
-from genrec.layout import SPLITS
+from genrec.config.params import Params
+from genrec.data.prompts import PromptTemplate, choose_instruction, format_history
+from genrec.data.sequences import Sequences, load_sequences, quote, target_rows
+from genrec.config.layout import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import csv
 import logging
 from pathlib import Path
 
-from genrec import report
+from genrec.evaluation import report
 from genrec.io import atomic_path
-from genrec.params import Params
+from genrec.config.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def log_to_mlflow(params: Params, written: dict, genrec_model_dir: Path | None) 
     """Log the report, figures and curves as artifacts under `report/`; returns the run id."""
     import mlflow
 
-    from genrec import tracking
+    from genrec.tracking import runs as tracking
 
     run_id = None
     if genrec_model_dir is not None and (Path(genrec_model_dir) / tracking.RUN_FILE).exists():

@@ -16,10 +16,11 @@ import logging
 import time
 from pathlib import Path
 
-from genrec import baselines, sasrec
+from genrec.evaluation import scoring as baselines
+from genrec.models.sasrec import model as sasrec
 from genrec.io import atomic_path, split_fingerprint, write_json
-from genrec.params import Params, to_dict
-from genrec.results import write_predictions
+from genrec.config.params import Params, to_dict
+from genrec.evaluation.outputs import write_predictions
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from genrec import split, validation
+from genrec.data import split
+from genrec.data import validation
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
-from genrec.layout import SPLITS
-from genrec.params import Params
+from genrec.config.layout import SPLITS
+from genrec.config.params import Params
 
 log = logging.getLogger(__name__)
 

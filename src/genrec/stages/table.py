@@ -3,7 +3,7 @@
     genrec table --reports reports --out results/table1.md
 
 Reads `reports/<dataset>/metrics/*.json` and `split_stats.json` for every dataset the pipeline built and writes
-one markdown file with a block per dataset (`genrec.report.table_one`); where GenRec decoded a seeded user
+one markdown file with a block per dataset (`genrec.evaluation.report.table_one`); where GenRec decoded a seeded user
 sample, every model of that dataset is shown on those users (from `reports/<dataset>/predictions/`). It depends
 on the whole `reports/` folder (DVC orders it after every dataset's stages), so its output lives outside it.
 
@@ -18,9 +18,9 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from genrec import report
+from genrec.evaluation import report
 from genrec.io import atomic_path
-from genrec.params import Params
+from genrec.config.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def log_to_mlflow(params: Params, table_path: Path, comparisons: list[Path]) -> 
     """Log Table 1 and the per-dataset reports into a new run of `<prefix>-table`; returns the run id."""
     import mlflow
 
-    from genrec import tracking
+    from genrec.tracking import runs as tracking
 
     datasets = [path.parent.name for path in comparisons]
     # tracking names the experiment <prefix>-<dataset>: "table" stands for the dataset here.

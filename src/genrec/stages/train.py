@@ -8,13 +8,13 @@ Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/acceler
 
 `genrec train ...` without the launcher runs the same thing in one process.
 
-params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.sft`). The
+params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.models.genrec.sft`). The
 `sequence` format (default) trains on every training title of every user (documents from the split,
-packed); `instruction` trains the paper's prompt/completion records (`genrec.prompts.fit_to_token_budget`:
+packed); `instruction` trains the paper's prompt/completion records (`genrec.data.prompts.fit_to_token_budget`:
 the oldest history titles are dropped to fit `train.max_seq_length`, never the target; loss on the
 completion, which ends with exactly one EOS, checked). The template used is saved beside the adapter.
 With `train.curve_steps`, validation HR/NDCG on `train.curve_users` users are measured during training
-(`genrec.curve`) and written to `--curve` and the MLflow run, which also records the split as its
+(`genrec.models.genrec.curve`) and written to `--curve` and the MLflow run, which also records the split as its
 training dataset and the machine's CPU/memory/GPU use (`tracking.system_metrics`).
 
 Checkpoints go to `<out>.checkpoints/`, outside the DVC out (which DVC deletes before a rerun), so
@@ -31,14 +31,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from genrec import sft, tracking
-from genrec.backbone import check_local_dir
-from genrec.curve import curve_data, learning_curve_callback, write_curve
+from genrec.models.genrec import sft
+from genrec.tracking import runs as tracking
+from genrec.models.genrec.backbone import check_local_dir
+from genrec.models.genrec.curve import curve_data, learning_curve_callback, write_curve
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
-from genrec.layout import ACCELERATE_CONFIGS, accelerate_profile_path
-from genrec.params import Params, to_dict
-from genrec.prompts import PromptTemplate
+from genrec.config.layout import ACCELERATE_CONFIGS, accelerate_profile_path
+from genrec.config.params import Params, to_dict
+from genrec.data.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,235 @@
+"""Top-k recommendations for free-form histories of titles, shared by `genrec recommend` and the pyfunc.
+
+A history arrives as titles typed by a person or sent by a client. Each is matched to the catalogue
+(after whitespace normalisation, as evaluation matches generated text); a title that is not there is
+reported with its closest catalogue titles (difflib) instead of being dropped silently, and the
+recommendation uses the titles that matched. The prompt, the title trie and the beam search are the
+evaluation's own (`genrec.models.genrec.evaluation`, `genrec.decoding.trie`, `genrec.decoding.beam_search`), with the protocol of
+`params.eval`, so a served list is what the evaluator would have ranked for that history. Serving is
+always constrained to catalogue titles: a recommendation must be a real item.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from genrec.errors import DataError
+from genrec.config.params import EvalParams, Params
+from genrec.config.layout import SPLITS
+from genrec.decoding.trie import Catalogue, normalise_text
+
+log = logging.getLogger(__name__)
+
+MAX_K = 100
+"""Largest list a request may ask for: the beam width grows with k and so does the cost."""
+
+
+@dataclass(frozen=True)
+class UnknownTitle:
+    """A history title that is not in the catalogue, with the closest catalogue titles."""
+
+    title: str
+    suggestions: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "suggestions": list(self.suggestions)}
+
+
+@dataclass(frozen=True)
+class ResolvedHistory:
+    """A history matched to the catalogue: known title indices (oldest first) and the unknown titles."""
+
+    indices: tuple[int, ...]
+    unknown: tuple[UnknownTitle, ...]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One history's ranked list: titles (best first), beam scores, item ids, and what was not matched."""
+
+    titles: list[str]
+    scores: list[float]
+    item_ids: list[list[str]]
+    unknown: list[UnknownTitle] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"titles": self.titles, "scores": self.scores, "item_ids": self.item_ids,
+                "unknown": [u.to_dict() for u in self.unknown]}
+
+
+def closest_titles(title: str, catalogue: Catalogue, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The catalogue titles most similar to `title` (difflib ratio >= cutoff), best first.
+
+    Compared case-insensitively, so "toy story (1995)" still finds "Toy Story (1995)". A short query
+    ("heat") rarely reaches the ratio, so titles containing it fill the remaining places, shortest first.
+    """
+    lowered = {}
+    for t in catalogue.titles:
+        lowered.setdefault(t.lower(), t)
+    query = normalise_text(title).lower()
+    matches = difflib.get_close_matches(query, list(lowered), n=n, cutoff=cutoff)
+    if len(matches) < n and query:
+        containing = sorted((t for t in lowered if query in t and t not in matches), key=lambda t: (len(t), t))
+        matches += containing[:n - len(matches)]
+    return [lowered[m] for m in matches]
+
+
+def resolve_history(titles: Sequence[str], catalogue: Catalogue, n_suggestions: int = 3) -> ResolvedHistory:
+    """Match each history title to the catalogue; collect the unknown ones with suggestions.
+
+    Raises:
+        ValueError: for an empty history, or one in which no title is in the catalogue (the message
+            lists each unknown title with its suggestions).
+    """
+    if not titles or not any(str(t).strip() for t in titles):
+        raise ValueError("empty history: give at least one title the user watched, oldest first")
+    known, unknown = [], []
+    for title in titles:
+        index = catalogue.find_title(str(title))
+        if index is None:
+            unknown.append(UnknownTitle(str(title), tuple(closest_titles(str(title), catalogue, n_suggestions))))
+        else:
+            known.append(index)
+    if not known:
+        raise ValueError("no title of the history is in the catalogue: " + describe_unknown(unknown))
+    return ResolvedHistory(tuple(known), tuple(unknown))
+
+
+def describe_unknown(unknown: Sequence[UnknownTitle]) -> str:
+    """One line per unknown title: `"Heat 1995" (closest: "Heat (1995)", ...)`."""
+    parts = []
+    for u in unknown:
+        closest = ", ".join(f'"{s}"' for s in u.suggestions) or "no close title"
+        parts.append(f'"{u.title}" (closest: {closest})')
+    return "; ".join(parts)
+
+
+class Recommender:
+    """Backbone + merged adapter + prompt template + catalogue trie, ready to rank titles for histories."""
+
+    def __init__(self, model, tokenizer, template, catalogue: Catalogue, eval_params: EvalParams):
+        from genrec.models.genrec.evaluation import end_token_id, title_token_ids
+        from genrec.decoding.trie import build_title_trie
+
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.catalogue, self.eval_params = catalogue, eval_params
+        self.title_tokens = title_token_ids(catalogue, template, tokenizer)
+        self.end_token_id = end_token_id(template, tokenizer)
+        self.trie = build_title_trie(self.title_tokens, self.end_token_id)
+
+    @classmethod
+    def load(cls, base_dir: Path, adapter_dir: Path, items_path: Path, eval_params: EvalParams) -> Recommender:
+        """Load the backbone, merge the adapter in `adapter_dir` (as `genrec train` wrote it), build the trie.
+
+        Raises:
+            DataError: a missing file, or an adapter trained on another backbone.
+        """
+        from genrec.models.genrec.evaluation import load_model, read_catalogue
+
+        catalogue = read_catalogue(Path(items_path))
+        model, tokenizer, template = load_model(Path(base_dir), Path(adapter_dir), Path(adapter_dir),
+                                                eval_params.dtype, eval_params.device)
+        return cls(model, tokenizer, template, catalogue, eval_params)
+
+    @property
+    def default_k(self) -> int:
+        return self.eval_params.num_beams
+
+    def recommend(self, histories: Sequence[Sequence[str]], ks: Sequence[int] | None = None) -> list[Recommendation]:
+        """Top-k titles for each history (titles oldest first).
+
+        The beam width is max(k, eval.num_beams): with k <= num_beams the list is the evaluator's,
+        whatever else is in the batch. Titles of the history are excluded when `eval.exclude_history`.
+
+        Raises:
+            ValueError: an empty history, one without any catalogue title, or k outside 1..MAX_K.
+        """
+        ks = [self.default_k] * len(histories) if ks is None else [int(k) for k in ks]
+        bad = [k for k in ks if not 1 <= k <= MAX_K]
+        if bad:
+            raise ValueError(f"k={bad[0]}: expected 1 <= k <= {MAX_K}")
+        resolved = [resolve_history(h, self.catalogue) for h in histories]
+        out: list[Recommendation | None] = [None] * len(histories)
+        widths = [max(k, self.eval_params.num_beams) for k in ks]
+        for width in sorted(set(widths)):
+            rows = [i for i, w in enumerate(widths) if w == width]
+            for i, entries in zip(rows, self._ranked([resolved[i] for i in rows], width)):
+                top = entries[:ks[i]]
+                out[i] = Recommendation(titles=[e["title"] for e in top], scores=[float(e["score"]) for e in top],
+                                        item_ids=[list(e["item_ids"]) for e in top],
+                                        unknown=list(resolved[i].unknown))
+        return out
+
+    def _ranked(self, resolved: list[ResolvedHistory], num_beams: int) -> list[list[dict]]:
+        """Evaluation's prompt, settings and beam search for already-matched histories."""
+        from genrec.decoding.beam_search import ranked_beams
+        from genrec.models.genrec.evaluation import beam_settings, encode_prompts, ranked_entries
+
+        e = self.eval_params
+        records = [{"user_id": f"request {i}", "instruction": self.template.instructions[0],
+                    "history_titles": [self.catalogue.titles[t] for t in r.indices]} for i, r in enumerate(resolved)]
+        prompts, _ = encode_prompts(records, self.template, self.tokenizer, e.max_prompt_tokens)
+        settings = beam_settings(e, self.tokenizer, self.end_token_id, self.title_tokens, num_beams=num_beams)
+        excluded = [sorted(set(r.indices)) if e.exclude_history else [] for r in resolved]
+        beams = ranked_beams(self.model, prompts, settings, trie=self.trie, excluded=excluded,
+                             batch_size=e.batch_size)
+        return [ranked_entries(hyps, self.catalogue, self.tokenizer, constrained=True) for hyps in beams]
+
+
+def user_history(processed_dir: Path, user_id: str) -> list[str]:
+    """A user's whole known sequence (train, valid, test; oldest first) as catalogue titles.
+
+    Raises:
+        DataError: missing split files, or a user id that is not in the split.
+    """
+    processed_dir = Path(processed_dir)
+    frames = []
+    for name in SPLITS:
+        path = processed_dir / f"{name}.parquet"
+        if not path.exists():
+            raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
+        df = pd.read_parquet(path, columns=["user_id", "item_id", "position"])
+        frames.append(df[df["user_id"].astype(str) == str(user_id)])
+    rows = pd.concat(frames).sort_values("position", kind="stable")
+    if rows.empty:
+        raise DataError(f"user {user_id!r} is not in the split", path=processed_dir,
+                        fix="pass a user_id from train.parquet, or give the history with --history")
+    items = pd.read_parquet(processed_dir / "items.parquet", columns=["item_id", "title"])
+    title_of = dict(zip(items["item_id"].astype(str), items["title"]))
+    return [title_of[str(i)] for i in rows["item_id"]]
+
+
+def predict(params: Params, model_uri: str, history: list[str], k: int | None = None) -> dict:
+    """Load the registered model `model_uri` and rank titles for one history (what `genrec recommend` prints).
+
+    Returns:
+        {"titles", "scores", "item_ids", "unknown"}: the pyfunc model's output row for this history.
+
+    Raises:
+        DataError: a model that cannot be loaded, or a history it refuses (one line each).
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from genrec.tracking import runs as tracking
+
+    try:
+        with tracking.tracking_store(params):  # the project's store, for this load only
+            model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as err:
+        message = getattr(err, "message", None) or str(err)
+        raise DataError(f"cannot load model {model_uri}: {message.splitlines()[0]}",
+                        fix="Run `genrec promote` (dvc repro promote) first, or pass --model with an existing URI") \
+            from None
+    try:
+        frame = model.predict(pd.DataFrame({"history": [history]}), params={"k": k} if k else None)
+    except MlflowException as err:
+        raise DataError(err.message.split("Error: ")[-1].strip()) from None
+    return frame.iloc[0].to_dict()

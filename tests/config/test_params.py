@@ -13,7 +13,7 @@ import yaml
 
 from genrec.config.params import Params, ParamsError, load_params, to_dict
 
-PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_YAML = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def leaves(data: dict, prefix: str = "") -> dict:

@@ -3,19 +3,20 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# Two torch processes on 2 cores slow each other down when OpenMP threads spin (DESIGN.md).
+# Two torch processes on 2 cores can slow each other down eightfold when OpenMP threads spin
+# (docs/getting-started.md, "Machine notes").
 export OMP_WAIT_POLICY ?= PASSIVE
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export TOKENIZERS_PARALLELISM ?= false
 
-# `make server`: the team's MLflow tracking server (README "Team set-up"). Its own store, not ./mlflow.db:
+# `make server`: the team's MLflow tracking server (docs/team.md). Its own store, not ./mlflow.db:
 # runs logged through it keep their artifacts behind its proxy, so every client can read them.
 SERVER_STORE ?= sqlite:///mlflow-server.db
 SERVER_ARTIFACTS ?= mlartifacts-server
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 
-.PHONY: install repro test ui server push pull clean-venv
+.PHONY: install repro test ui server push pull docs clean-venv
 
 install: $(STAMP)
 
@@ -38,7 +39,7 @@ server: $(STAMP)
 	mlflow server --backend-store-uri $(SERVER_STORE) --artifacts-destination $(SERVER_ARTIFACTS) \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
 
-# Data, models and reports to and from the DVC remote (`dvc remote add -d ...`, README "Team set-up").
+# Data, models and reports to and from the DVC remote (`dvc remote add -d ...`, docs/team.md).
 # pull --allow-missing: fetch what the remote has; outputs nobody produced or pushed yet are listed as
 # warnings instead of failing the whole pull, and `dvc status` then names the stages to run.
 # DVC_TARGETS: stages or outputs to move (default: all), e.g. `make push DVC_TARGETS=train`.
@@ -48,6 +49,10 @@ push: $(STAMP)
 
 pull: $(STAMP)
 	dvc pull --allow-missing $(DVC_TARGETS)
+
+# The documentation site (mkdocs-material, mkdocs.yml) into site/; --strict fails on a broken link or anchor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)

@@ -73,18 +73,18 @@ def test_repro_twice_then_param_change_reruns_split_and_prompts_only(repo):
     assert f"Running stage 'split@{DATASET}'" in third and f"Running stage 'prompts@{DATASET}'" in third
 
 
-def _readme_exp_show_keep(root: Path) -> list[str]:
-    """The `--keep` patterns of the README's `dvc exp show` line (the sweep it documents)."""
-    line = next(line for line in (root / "README.md").read_text().splitlines()
+def _docs_exp_show_keep(root: Path) -> list[str]:
+    """The `--keep` patterns of the `dvc exp show` line in docs/pipeline.md (the sweep it documents)."""
+    line = next(line for line in (root / "docs" / "pipeline.md").read_text().splitlines()
                 if line.startswith("dvc exp show"))
     words = shlex.split(line)
     return [words[i + 1] for i, word in enumerate(words) if word == "--keep"]
 
 
-def test_readme_exp_show_keeps_the_genrec_ranking_metrics(root):
+def test_docs_exp_show_keeps_the_genrec_ranking_metrics(root):
     """`dvc exp show --keep` anchors its regex at the column start, and with several metrics files every
-    column is `<file>:<key>`; the README's filter must still select GenRec's HR@10 and NDCG@10."""
-    keep = re.compile("|".join(_readme_exp_show_keep(root)))
+    column is `<file>:<key>`; the documented filter must still select GenRec's HR@10 and NDCG@10."""
+    keep = re.compile("|".join(_docs_exp_show_keep(root)))
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     columns = [f"{path.replace('${item}', DATASET)}:{key}" for name in ("evaluate", "evaluate_valid", "mostpop")
                for path in stages[name]["do"]["metrics"] for key in ("hr_at_10", "ndcg_at_10", "ci95_low.hr_at_10")]

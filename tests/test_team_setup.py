@@ -27,7 +27,7 @@ import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 DATASET = "tinyset"
 DATA_STAGES = [f"{stage}@{DATASET}" for stage in ("ingest", "split", "prompts")]
-SERVER_START_TIMEOUT_S = 120  # `mlflow server` starts in 6-10 s on an idle machine (DESIGN.md)
+SERVER_START_TIMEOUT_S = 120  # `mlflow server` starts in 6-10 s on an idle machine (docs/team.md)
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:

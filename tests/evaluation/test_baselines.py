@@ -117,12 +117,37 @@ def test_sasrec_training_is_seeded(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.fixture(autouse=True)
+def own_mlflow_store(tmp_path, monkeypatch):
+    """The scoring stages log an MLflow run each: into tmp_path's store (tracking.uri is relative)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_mostpop_beats_random_on_popular_items(tmp_path):
     write_split(tmp_path / "split", popular_sequences(200, seed=1))
     metrics = mostpop.run(small_params(), processed_dir=tmp_path / "split", metrics_path=tmp_path / "m.json",
                           predictions_path=tmp_path / "p.jsonl")
     assert metrics["hr_at_10"] > 2 * random_hr_at_10()
     assert metrics["model"] == "mostpop" and metrics["valid_beam_share"] == 1.0
+
+
+def test_a_scoring_model_is_a_run_of_the_dataset_experiment(tmp_path):
+    import mlflow
+
+    write_split(tmp_path / "split", popular_sequences(50, seed=1))
+    params = small_params()
+    uri = f"sqlite:///{tmp_path / 'own.db'}"  # absolute: MLflow caches a store by its URI text
+    params = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, uri=uri))
+    written = mostpop.run(params, processed_dir=tmp_path / "split", metrics_path=tmp_path / "m.json",
+                          predictions_path=tmp_path / "p.jsonl")
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(f"{params.tracking.experiment_prefix}-{params.dataset}")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "mostpop" and run.data.tags["genrec.family"] == "mostpop"
+    assert run.data.metrics["test.hr_at_10"] == written["hr_at_10"]
+    assert run.data.params["eval.num_beams"] == str(params.eval.num_beams)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval/test")} == {"eval/test/m.json",
+                                                                                     "eval/test/p.jsonl"}
 
 
 def test_sasrec_beats_random_and_mostpop_on_sequential_data(tmp_path):

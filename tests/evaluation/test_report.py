@@ -7,40 +7,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.evaluation import report
+from genrec.evaluation import comparison, outputs, report
 from genrec.errors import DataError
 
 
-def result(name: str, fingerprint: str = "abc", split: str = "test", ranks=None) -> report.ModelResult:
+def result(name: str, fingerprint: str = "abc", split: str = "test", ranks=None) -> outputs.ModelResult:
     metrics = {"model": name, "split_fingerprint": fingerprint, "protocol": {"split": split}, "hr_at_10": 0.1}
-    return report.ModelResult(name=name, metrics_path=Path(f"reports/metrics/{name}.json"), metrics=metrics,
+    return outputs.ModelResult(name=name, metrics_path=Path(f"reports/metrics/{name}.json"), metrics=metrics,
                               ranks=ranks)
 
 
 def test_paired_tests_use_only_shared_users():
     ref = result("genrec", ranks={"u1": 1, "u2": None, "u3": 3})
     other = result("sasrec", ranks={"u1": None, "u2": None, "u4": 1})
-    tests = report.paired_tests([ref, other], "genrec", ("hr_at_10",), samples=200, seed=0)
+    tests = comparison.paired_tests([ref, other], "genrec", ("hr_at_10",), samples=200, seed=0)
     assert tests["sasrec"]["hr_at_10"]["users"] == 2
     assert tests["sasrec"]["hr_at_10"]["diff"] == pytest.approx(0.5)
-    assert report.paired_tests([other], "genrec", ("hr_at_10",), 200, 0) == {}
+    assert comparison.paired_tests([other], "genrec", ("hr_at_10",), 200, 0) == {}
 
 
 def test_mismatched_splits_are_refused_naming_both_files():
     with pytest.raises(DataError, match=r"sasrec\.json.*another split than .*genrec\.json"):
-        report.check_same_split([result("genrec", "abc"), result("sasrec", "xyz")])
+        outputs.check_same_split([result("genrec", "abc"), result("sasrec", "xyz")])
     with pytest.raises(DataError, match="another evaluated split"):
-        report.check_same_split([result("genrec"), result("p5", split="valid")])
+        outputs.check_same_split([result("genrec"), result("p5", split="valid")])
     missing = result("p5")
     del missing.metrics["split_fingerprint"]
     with pytest.raises(DataError, match=r"p5\.json.*no split_fingerprint"):
-        report.check_same_split([result("genrec"), missing])
-    assert report.check_same_split([result("genrec"), result("mostpop")]) == "abc"
+        outputs.check_same_split([result("genrec"), missing])
+    assert outputs.check_same_split([result("genrec"), result("mostpop")]) == "abc"
 
 
 def test_per_k_curves_are_cumulative():
     ranks = {"u1": 1, "u2": 3, "u3": None, "u4": 10}
-    rows = report.per_k_curves([result("m", ranks=ranks)], max_k=10)
+    rows = comparison.per_k_curves([result("m", ranks=ranks)], max_k=10)
     assert [row["k"] for row in rows] == list(range(1, 11))
     assert [row["m_hr"] for row in rows] == [0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.75]
     assert rows[2]["m_ndcg"] == pytest.approx((1 + 1 / np.log2(4)) / 4)
@@ -61,7 +61,7 @@ def test_every_model_is_restricted_to_the_references_sample_with_recomputed_inte
     ref.metrics.update({"seed": 7, "protocol": {"split": "test", "k": [5, 10], "max_users": 10}})
     base = result("mostpop", ranks=everyone)
     base.metrics.update({"users": 40, "valid_beam_share": 1.0})
-    restricted, info = report.on_reference_users([ref, base], "genrec", samples=100, seed=3)
+    restricted, info = comparison.on_reference_users([ref, base], "genrec", samples=100, seed=3)
     assert restricted[0] is ref
     mostpop = restricted[1]
     assert set(mostpop.ranks) == set(sample) and mostpop.metrics["users"] == 10
@@ -77,9 +77,9 @@ def test_every_model_is_restricted_to_the_references_sample_with_recomputed_inte
 def test_no_restriction_without_a_sample_and_a_short_model_is_named():
     same = {"u1": 1, "u2": None}
     ref, other = result("genrec", ranks=same), result("p5", ranks=dict(same))
-    assert report.on_reference_users([ref, other], "genrec", 100, 0) == ([ref, other], None)
-    assert report.on_reference_users([other], "genrec", 100, 0) == ([other], None)  # no reference
+    assert comparison.on_reference_users([ref, other], "genrec", 100, 0) == ([ref, other], None)
+    assert comparison.on_reference_users([other], "genrec", 100, 0) == ([other], None)  # no reference
     partial = result("sasrec", ranks={"u1": 1, "u3": 1})  # lacks u2, has u3 beyond the sample
-    restricted, info = report.on_reference_users([ref, partial], "genrec", 100, 0)
+    restricted, info = comparison.on_reference_users([ref, partial], "genrec", 100, 0)
     assert set(restricted[1].ranks) == {"u1"} and info["short"] == {"sasrec": 1}
     assert "sasrec lacks 1 of its users" in report.sample_statement(info, 100)

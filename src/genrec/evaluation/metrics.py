@@ -127,6 +127,57 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int, seed: int, leve
             "losses": int(np.sum(diff < 0))}
 
 
+PER_USER = {"hr": hits_at_k, "ndcg": ndcg_gains_at_k}
+"""Per-user gain of each ranking metric family, by the name's prefix (`hr_at_10` -> hits_at_k at k = 10).
+Every name `ranking_metrics` writes has its entry here, so any metric of a metrics file can be recomputed
+per user (paired tests, promotion)."""
+
+LABELS = {"hr": "HR", "ndcg": "NDCG"}
+"""Display name of each family: `hr_at_10` is shown as HR@10."""
+
+
+def metric_names(ks: Sequence[int]) -> tuple[str, ...]:
+    """The ranking metrics of a metrics file for cut-offs `ks`, in display order: hr_at_5, ndcg_at_5, hr_at_10, ...
+
+    Names avoid "@" (MLflow rejects it in metric names).
+    """
+    return tuple(f"{family}_at_{k}" for k in sorted(set(ks)) for family in PER_USER)
+
+
+def parse_metric(name: str) -> tuple[str, int]:
+    """(family, k) of a ranking metric name such as `ndcg_at_10`.
+
+    Raises:
+        ValueError: the name is not `<family>_at_<k>` with a family of `PER_USER` and k >= 1; the message
+            lists the families, so a typo (or a metric genrec does not compute per user, e.g. `mrr_at_10`)
+            is refused instead of silently read as another metric. (k >= 1 is `ranking_metrics`' check.)
+    """
+    family, sep, k = name.partition("_at_")
+    if not sep or family not in PER_USER or not k.isdigit():
+        raise ValueError(f"unknown ranking metric {name!r}: expected <family>_at_<k> with family one of "
+                         f"{', '.join(PER_USER)} (e.g. ndcg_at_10)")
+    return family, int(k)
+
+
+def metric_label(name: str) -> str:
+    """`hr_at_10` -> "HR@10"; a name that is not a ranking metric is returned as it is."""
+    try:
+        family, k = parse_metric(name)
+    except ValueError:
+        return name
+    return f"{LABELS[family]}@{k}"
+
+
+def per_user(ranks: dict[str, Rank], users: Sequence[str], metric: str) -> np.ndarray:
+    """Per-user values of `metric` (e.g. "hr_at_10") for `users`, in that order.
+
+    Raises:
+        ValueError: an unknown metric name (`parse_metric`).
+    """
+    family, k = parse_metric(metric)
+    return PER_USER[family]([ranks[u] for u in users], k)
+
+
 def ranking_metrics(ranks: Sequence[Rank], ks: Sequence[int], samples: int, seed: int) -> dict:
     """HR@k and NDCG@k for every k, each with its 95% bootstrap interval over users.
 
@@ -137,11 +188,12 @@ def ranking_metrics(ranks: Sequence[Rank], ks: Sequence[int], samples: int, seed
         every interval uses the same seed, so all metrics are resampled over the same user draws.
     """
     out: dict = {"ci95_low": {}, "ci95_high": {}}
-    for k in sorted(set(ks)):
+    for name in metric_names(ks):
+        family, k = parse_metric(name)
         _check(ranks, k)
-        for name, per_user in ((f"hr_at_{k}", hits_at_k(ranks, k)), (f"ndcg_at_{k}", ndcg_gains_at_k(ranks, k))):
-            out[name] = float(per_user.mean())
-            out["ci95_low"][name], out["ci95_high"][name] = bootstrap_interval(per_user, samples, seed)
+        values = PER_USER[family](ranks, k)
+        out[name] = float(values.mean())
+        out["ci95_low"][name], out["ci95_high"][name] = bootstrap_interval(values, samples, seed)
     return out
 
 

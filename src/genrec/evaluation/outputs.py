@@ -1,9 +1,12 @@
-"""What every model's evaluation shares (GenRec, P5, MostPop, SASRec), so that their files compare.
+"""The one owner of evaluation outputs: every model's metrics and predictions files, written and read here.
 
-The seeded user sample (`sample_users`), the metrics file (`summarise`: HR/NDCG with intervals,
-integrity shares, counts and the protocol), the predictions file (`write_predictions`) and the logging
-of both into a model's MLflow run (`log_to_mlflow`). Light on purpose: no model code, so the baselines'
-stages depend on this module and not on the generative search.
+Writing: the seeded user sample (`sample_users`), the protocol dict (`protocol_of`), the counts and integrity
+shares (`summary`), GenRec's and P5's metrics from their lists (`summarise`), and `finish`, the one call that
+ends every evaluate stage (model name, split fingerprint and timings added; predictions, then metrics written
+atomically; HR/NDCG logged; both logged into the model's MLflow run). Reading: `load_metrics`,
+`check_same_split`, `read_ranks`, `attach_ranks` (the report, Table 1, promotion and `genrec seeds`).
+Metric names come from `eval.k` through `genrec.evaluation.metrics.metric_names`, nowhere else.
+Light on purpose: no model code, so the baselines' stages depend on this module and not on the search.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from genrec.io import atomic_path
-from genrec.evaluation.metrics import integrity_metrics, ranking_metrics, target_rank
+from genrec.errors import DataError
+from genrec.io import atomic_path, split_fingerprint, write_json
+from genrec.evaluation.metrics import Rank, integrity_metrics, metric_names, ranking_metrics, target_rank
 from genrec.config.params import EvalParams, Params
+from genrec.models.table import order_key
 
 log = logging.getLogger(__name__)
-
-
 def sample_users(records: list[dict], max_users: int | None, seed: int) -> list[dict]:
     """A seeded sample of `max_users` records (one per user), kept in file order; all when None."""
     if max_users is None or max_users >= len(records):
@@ -29,9 +34,36 @@ def sample_users(records: list[dict], max_users: int | None, seed: int) -> list[
     return [records[i] for i in keep]
 
 
+def protocol_of(e: EvalParams, **overrides) -> dict:
+    """The evaluation protocol written beside every metrics file: `eval`'s settings, then `overrides`
+    (what a model does differently: a scoring model has no length penalty, P5 its own token budget)."""
+    return {"split": e.split, "k": list(e.k), "num_beams": e.num_beams, "constrained": e.constrained,
+            "exclude_history": e.exclude_history and e.constrained, "length_penalty": e.length_penalty,
+            "early_stopping": e.early_stopping, "max_new_tokens": e.max_new_tokens, "max_users": e.max_users,
+            "max_prompt_tokens": e.max_prompt_tokens, "dtype": e.dtype, "ranking": "full catalogue, generative",
+            "invalid_beams": "misses" if not e.constrained else "impossible", **overrides}
+
+
+def summary(ranks: Sequence[Rank], beams: Sequence[Sequence[str | None]], e: EvalParams, seconds: float, *,
+            truncated: int, hopeless: int, shared_titles: int, protocol_dict: dict) -> dict:
+    """HR/NDCG with intervals (the names of `metric_names(e.k)`), integrity shares, counts and the protocol.
+
+    Args:
+        ranks: per user, the target's 1-based rank (None: a miss).
+        beams: per user, what makes each returned entry valid and distinct (a title, or an item id).
+    """
+    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
+    metrics.update(integrity_metrics(beams, e.num_beams))
+    metrics.update({"users": len(ranks), "decode_seconds": round(seconds, 2),
+                    "users_per_s": round(len(ranks) / seconds, 3) if seconds > 0 else None,
+                    "prompts_truncated": truncated, "users_without_candidates": hopeless,
+                    "shared_titles": shared_titles, "seed": e.seed, "protocol": protocol_dict})
+    return metrics
+
+
 def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, seconds: float, *,
               beam_key=lambda entry: entry["title"], protocol: dict | None = None, **counts) -> dict:
-    """Metrics, integrity shares, counts and the protocol, as written to every model's metrics file.
+    """The metrics file of a generative model from its ranked lists (one list of entries per record).
 
     Args:
         beam_key: what makes a beam valid and distinct (a title here; P5 passes the item id).
@@ -39,21 +71,9 @@ def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, secon
     """
     ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
              for r, entries in zip(records, lists)]
-    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    metrics.update(integrity_metrics([[beam_key(entry) for entry in entries] for entries in lists], e.num_beams))
-    metrics.update({"users": len(records), "decode_seconds": round(seconds, 2),
-                    "users_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
-                    "prompts_truncated": counts["truncated"], "users_without_candidates": counts["hopeless"],
-                    "shared_titles": counts["shared_titles"], "seed": e.seed,
-                    "protocol": {"split": e.split, "k": list(e.k), "num_beams": e.num_beams,
-                                 "constrained": e.constrained, "exclude_history": e.exclude_history and e.constrained,
-                                 "length_penalty": e.length_penalty, "early_stopping": e.early_stopping,
-                                 "max_new_tokens": counts["max_new_tokens"], "max_users": e.max_users,
-                                 "max_prompt_tokens": e.max_prompt_tokens, "dtype": e.dtype,
-                                 "ranking": "full catalogue, generative",
-                                 "invalid_beams": "misses" if not e.constrained else "impossible",
-                                 **(protocol or {})}})
-    return metrics
+    return summary(ranks, [[beam_key(entry) for entry in entries] for entries in lists], e, seconds,
+                   truncated=counts["truncated"], hopeless=counts["hopeless"], shared_titles=counts["shared_titles"],
+                   protocol_dict=protocol_of(e, max_new_tokens=counts["max_new_tokens"], **(protocol or {})))
 
 
 def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
@@ -66,19 +86,184 @@ def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def log_to_mlflow(params: Params, model_dir: Path, metrics_path: Path, predictions_path: Path,
-                  prefix: str | None = None, processed_dir: Path | None = None) -> None:
-    """Log the metrics (prefixed by the split, or `prefix`) and the predictions file into the model's run,
-    and the evaluated part of the split in `processed_dir` as the run's `evaluation` dataset input."""
+def log_to_mlflow(params: Params, metrics_path: Path, predictions_path: Path, *, run_id: str | None = None,
+                  new_run: dict | None = None, model: str = "genrec", processed_dir: Path | None = None) -> str:
+    """Log a metrics file (prefixed by `eval.split`) and its predictions file into MLflow; returns the run id.
+
+    Into the run `run_id` when given (a model's training run), else into a new run named `model` (tag
+    `genrec.family=<model>`, with `new_run`'s params and tags). The evaluated part of the split in
+    `processed_dir` becomes the run's `evaluation` dataset input.
+    """
     import mlflow
 
     from genrec.tracking import runs as tracking
 
-    prefix = prefix or params.eval.split
-    with tracking.start_or_resume_run(params, run_id=tracking.read_run_id(model_dir)):
+    prefix = params.eval.split
+    new_run = new_run or {}
+    tags = {"genrec.family": model, **new_run.get("tags", {})} if run_id is None else None
+    with tracking.start_or_resume_run(params, run_id=run_id, run_name=model if run_id is None else None,
+                                      tags=tags) as run:
+        if run_id is None:
+            tracking.log_params(params, new_run.get("params"))
         logged = tracking.log_metrics_file(metrics_path, prefix=prefix)
         mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{prefix}")
         mlflow.log_artifact(str(predictions_path), artifact_path=f"eval/{prefix}")
         if processed_dir is not None:
             tracking.log_split_input(params, processed_dir, params.eval.split, "evaluation")
-    log.info("logged %d metrics and the predictions to MLflow run %s", len(logged), tracking.read_run_id(model_dir))
+        log.info("logged %d metrics and the predictions of %s to MLflow run %s", len(logged), model, run.info.run_id)
+        return run.info.run_id
+
+
+def finish(params: Params, metrics: dict, predictions: Iterable[dict], *, model: str, metrics_path: Path,
+           predictions_path: Path, processed_dir: Path, started: float, train_seconds: float | None = None,
+           run_id: str | None = None, new_run: dict | None = None, **extra) -> dict:
+    """End an evaluate stage: complete the metrics, write predictions then metrics, log them.
+
+    Adds `model`, the split fingerprint of `processed_dir`, `train_seconds`, `eval_seconds` (since `started`,
+    a `time.perf_counter()` value) and `extra` to `metrics`; writes the predictions file, then the metrics file
+    (each atomically); logs HR/NDCG@10; and logs both files and the evaluated split into MLflow: into the run
+    `run_id` (the model's training run), or into a new run of the dataset's experiment when `new_run` is given
+    ({"params": {...}, "tags": {...}}: a model that has no training run of its own), else nowhere.
+
+    Returns:
+        The metrics written, plus the two output paths.
+    """
+    metrics.update(model=model, split_fingerprint=split_fingerprint(processed_dir), train_seconds=train_seconds,
+                   eval_seconds=round(time.perf_counter() - started, 2), **extra)
+    write_predictions(predictions_path, predictions)
+    write_json(metrics_path, metrics)
+    log.info("%s on %d users: HR@10 %.4f NDCG@10 %.4f -> %s", model, metrics["users"],
+             metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics_path)
+    if run_id is not None or new_run is not None:
+        log_to_mlflow(params, Path(metrics_path), Path(predictions_path), run_id=run_id, new_run=new_run,
+                      model=model, processed_dir=Path(processed_dir))
+    return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
+
+
+@dataclass
+class ModelResult:
+    """One model's metrics file, and the per-user ranks from its predictions file."""
+
+    name: str
+    metrics_path: Path
+    metrics: dict
+    ranks: dict[str, Rank] | None = None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The ranking metrics of this file, from its protocol's k (HR/NDCG at 5 and 10 for older files)."""
+        return metric_names((self.metrics.get("protocol") or {}).get("k") or (5, 10))
+
+    @property
+    def label(self) -> str:
+        """The model's name in tables and charts, with its backbone when the file names one (P5's)."""
+        backbone = self.metrics.get("backbone")
+        return f"{self.name} ({backbone})" if backbone else self.name
+
+
+def read_metrics(path: str | Path) -> dict:
+    """One metrics file.
+
+    Raises:
+        DataError: the file is missing or not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("not found", path=path, fix="rerun the stage that writes it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"not JSON ({err.msg})", path=path, fix="rerun the stage that wrote it") from None
+    if not isinstance(data, dict):
+        raise DataError("not a JSON object", path=path, fix="rerun the stage that wrote it")
+    return data
+
+
+def load_metrics(metrics_dir: str | Path) -> list[ModelResult]:
+    """Every metrics file in `metrics_dir` that holds ranking metrics, in the order of `genrec.models.table`.
+
+    Raises:
+        DataError: a file is not JSON, or no file holds ranking metrics.
+    """
+    metrics_dir = Path(metrics_dir)
+    results = []
+    for path in sorted(metrics_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"not JSON ({err.msg})", path=path, fix="rerun the stage that wrote it") from None
+        if not isinstance(data, dict) or not any(
+                m in data for m in metric_names((data.get("protocol") or {}).get("k") or (5, 10))):
+            log.info("%s holds no ranking metrics; left out of the report", path)
+            continue
+        results.append(ModelResult(name=str(data.get("model") or path.stem), metrics_path=path, metrics=data))
+    if not results:
+        raise DataError("no metrics files with HR/NDCG", path=metrics_dir,
+                        fix="run the evaluation stages first (dvc repro)")
+    return sorted(results, key=lambda r: order_key(r.name))
+
+
+def check_same_split(results: list[ModelResult]) -> str:
+    """The one split fingerprint (and evaluated split) all metrics files share.
+
+    Raises:
+        DataError: a file has no fingerprint, or two files were computed on different splits
+            (naming both files); comparing them would be meaningless.
+    """
+    for result in results:
+        if not result.metrics.get("split_fingerprint"):
+            raise DataError("no split_fingerprint", path=result.metrics_path,
+                            fix="rerun the stage that wrote it with this version of genrec")
+    first = results[0]
+    for other in results[1:]:
+        for key, what in (("split_fingerprint", "split"), ("protocol.split", "evaluated split")):
+            ours, theirs = _get(first.metrics, key), _get(other.metrics, key)
+            if ours != theirs:
+                raise DataError(f"computed on another {what} than {first.metrics_path} ({key} {theirs!r} vs "
+                                f"{ours!r}): refusing to compare", path=other.metrics_path,
+                                fix="rerun every model's evaluation on the same split (dvc repro)")
+    return first.metrics["split_fingerprint"]
+
+
+def _get(data: dict, dotted: str):
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def read_ranks(path: str | Path) -> dict[str, Rank]:
+    """Per user_id, the 1-based rank of the target in a predictions file (None: a miss).
+
+    Raises:
+        DataError: the file is missing, or a line is not a well-formed prediction.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
+    ranks = {}
+    with path.open(encoding="utf-8") as f:
+        for row, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                lists = [entry["item_ids"] for entry in record["ranked"]]
+                ranks[str(record["user_id"])] = target_rank(lists, str(record["target_item_id"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DataError(f"not a prediction record ({err})", path=path, row=row,
+                                fix="rerun the stage that wrote it") from None
+    return ranks
+
+
+def attach_ranks(results: list[ModelResult], predictions_dir: str | Path) -> None:
+    """Read `<predictions_dir>/<metrics file stem>.jsonl` for each result, checked against its metrics.
+
+    Raises:
+        DataError: a predictions file is missing or evaluates another number of users than its
+            metrics file (a stale file).
+    """
+    for result in results:
+        path = Path(predictions_dir) / f"{result.metrics_path.stem}.jsonl"
+        result.ranks = read_ranks(path)
+        expected = result.metrics.get("users")
+        if expected is not None and expected != len(result.ranks):
+            raise DataError(f"{len(result.ranks)} users, but {result.metrics_path} reports {expected}", path=path,
+                            fix="rerun the stage that writes both, so they come from the same evaluation")

@@ -1,34 +1,23 @@
-"""The comparison report: metrics files side by side, paired tests on per-user outcomes, figures.
+"""The comparison report and Table 1 as markdown: every model with intervals, the paper's numbers, paired tests.
 
-Every model's evaluation writes `<model>.json` (metrics, with the split fingerprint) and
-`<model>.jsonl` (per-user ranked lists) in the evaluate stage's format. This module reads them,
-refuses to compare files computed on different splits, and turns them into a markdown table, a
-paired bootstrap test against a reference model, per-k curves and a bar chart.
-
-When the reference (GenRec) decoded a seeded sample of the users (`eval.max_users`) and the baselines every
-user, `on_reference_users` restricts every model to the reference's users and recomputes its metrics and
-intervals with the evaluations' own code (`genrec.evaluation.metrics.ranking_metrics`), so that the table and the paired
-tests compare like with like; the baselines' all-users numbers stay in a second table.
+The files are read by `genrec.evaluation.outputs`, the statistics computed by `genrec.evaluation.comparison`,
+the figures drawn by `genrec.evaluation.figures`; this module only renders. Columns follow each metrics file's
+own cut-offs (`eval.k`); the paper's Table 1 keeps its four columns.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from genrec.errors import DataError
-from genrec.evaluation.metrics import Rank, hits_at_k, ndcg_gains_at_k, paired_bootstrap, ranking_metrics, target_rank
+from genrec.evaluation.comparison import on_reference_users
+from genrec.evaluation.metrics import metric_label
+from genrec.evaluation.outputs import ModelResult, attach_ranks, load_metrics
 
-log = logging.getLogger(__name__)
-
-METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
-LABELS = {"hr_at_5": "HR@5", "ndcg_at_5": "NDCG@5", "hr_at_10": "HR@10", "ndcg_at_10": "NDCG@10"}
-MODEL_ORDER = ("genrec", "genrec+sasrec", "p5", "sasrec", "mostpop")
+PAPER_METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
+"""The columns of the paper's Table 1."""
 
 PAPER_TABLE_1 = {
     # Ji et al. 2023 (arXiv 2307.00457), Table 1: HR@5, NDCG@5, HR@10, NDCG@10; LLaMA-7B backbone.
@@ -37,171 +26,6 @@ PAPER_TABLE_1 = {
     ("Amazon Toys", "P5"): (0.0239, 0.0145, 0.0411, 0.0201),
     ("Amazon Toys", "GenRec"): (0.0190, 0.0136, 0.0251, 0.0157),
 }
-
-
-@dataclass
-class ModelResult:
-    """One model's metrics file, and the per-user ranks from its predictions file."""
-
-    name: str
-    metrics_path: Path
-    metrics: dict
-    ranks: dict[str, Rank] | None = None
-
-
-def load_metrics(metrics_dir: str | Path) -> list[ModelResult]:
-    """Every metrics file in `metrics_dir` that holds ranking metrics, ordered GenRec, P5, SASRec, MostPop, rest.
-
-    Raises:
-        DataError: a file is not JSON, or no file holds ranking metrics.
-    """
-    metrics_dir = Path(metrics_dir)
-    results = []
-    for path in sorted(metrics_dir.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"not JSON ({err.msg})", path=path, fix="rerun the stage that wrote it") from None
-        if not isinstance(data, dict) or not any(m in data for m in METRICS):
-            log.info("%s holds no ranking metrics; left out of the report", path)
-            continue
-        results.append(ModelResult(name=str(data.get("model") or path.stem), metrics_path=path, metrics=data))
-    if not results:
-        raise DataError("no metrics files with HR/NDCG", path=metrics_dir,
-                        fix="run the evaluation stages first (dvc repro)")
-    rank = {name: i for i, name in enumerate(MODEL_ORDER)}
-    return sorted(results, key=lambda r: (rank.get(r.name, len(rank)), r.name))
-
-
-def check_same_split(results: list[ModelResult]) -> str:
-    """The one split fingerprint (and evaluated split) all metrics files share.
-
-    Raises:
-        DataError: a file has no fingerprint, or two files were computed on different splits
-            (naming both files); comparing them would be meaningless.
-    """
-    for result in results:
-        if not result.metrics.get("split_fingerprint"):
-            raise DataError("no split_fingerprint", path=result.metrics_path,
-                            fix="rerun the stage that wrote it with this version of genrec")
-    first = results[0]
-    for other in results[1:]:
-        for key, what in (("split_fingerprint", "split"), ("protocol.split", "evaluated split")):
-            ours, theirs = _get(first.metrics, key), _get(other.metrics, key)
-            if ours != theirs:
-                raise DataError(f"computed on another {what} than {first.metrics_path} ({key} {theirs!r} vs "
-                                f"{ours!r}): refusing to compare", path=other.metrics_path,
-                                fix="rerun every model's evaluation on the same split (dvc repro)")
-    return first.metrics["split_fingerprint"]
-
-
-def _get(data: dict, dotted: str):
-    for key in dotted.split("."):
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
-
-def read_ranks(path: str | Path) -> dict[str, Rank]:
-    """Per user_id, the 1-based rank of the target in a predictions file (None: a miss).
-
-    Raises:
-        DataError: the file is missing, or a line is not a well-formed prediction.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
-    ranks = {}
-    with path.open(encoding="utf-8") as f:
-        for row, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                lists = [entry["item_ids"] for entry in record["ranked"]]
-                ranks[str(record["user_id"])] = target_rank(lists, str(record["target_item_id"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"not a prediction record ({err})", path=path, row=row,
-                                fix="rerun the stage that wrote it") from None
-    return ranks
-
-
-def attach_ranks(results: list[ModelResult], predictions_dir: str | Path) -> None:
-    """Read `<predictions_dir>/<metrics file stem>.jsonl` for each result, checked against its metrics.
-
-    Raises:
-        DataError: a predictions file is missing or evaluates another number of users than its
-            metrics file (a stale file).
-    """
-    for result in results:
-        path = Path(predictions_dir) / f"{result.metrics_path.stem}.jsonl"
-        result.ranks = read_ranks(path)
-        expected = result.metrics.get("users")
-        if expected is not None and expected != len(result.ranks):
-            raise DataError(f"{len(result.ranks)} users, but {result.metrics_path} reports {expected}", path=path,
-                            fix="rerun the stage that writes both, so they come from the same evaluation")
-
-
-def per_user(ranks: dict[str, Rank], users: list[str], metric: str) -> np.ndarray:
-    """Per-user HR@k or NDCG@k (`metric` like "hr_at_10") for `users`, in that order."""
-    name, k = metric.split("_at_")
-    gains = hits_at_k if name == "hr" else ndcg_gains_at_k
-    return gains([ranks[u] for u in users], int(k))
-
-
-def paired_tests(results: list[ModelResult], reference: str, metrics: tuple[str, ...], samples: int,
-                 seed: int) -> dict[str, dict]:
-    """`reference` against every other model on the users both evaluated: {model: {metric: test}}."""
-    ref = next((r for r in results if r.name == reference), None)
-    if ref is None:
-        log.warning("no %r metrics file: no paired tests", reference)
-        return {}
-    out = {}
-    for other in results:
-        if other is ref:
-            continue
-        users = sorted(set(ref.ranks) & set(other.ranks))
-        if not users:
-            log.warning("%s and %s share no users: no paired test", reference, other.name)
-            continue
-        out[other.name] = {m: paired_bootstrap(per_user(ref.ranks, users, m), per_user(other.ranks, users, m),
-                                               samples, seed) for m in metrics}
-    return out
-
-
-def on_reference_users(results: list[ModelResult], reference: str, samples: int,
-                       seed: int) -> tuple[list[ModelResult], dict | None]:
-    """Every model on exactly the reference's users, when some model evaluated users the reference did not.
-
-    A model with users outside the reference's set (a baseline on every user, GenRec on a seeded sample) gets
-    its per-user ranks restricted to the reference's users and its HR/NDCG and 95% intervals recomputed with
-    `ranking_metrics` (`samples` resamples, `seed`); its valid-beam share, which needs the beams, becomes
-    unknown. Models within the reference's users are kept as they are.
-
-    Returns:
-        (the results to compare, the sample: {reference, users, of, seed, max_users, short}) or
-        (`results`, None) when there is no reference or no model has users beyond the reference's.
-        `of` is the largest number of users any model evaluated (every test user when a baseline ran on
-        all); `short` names models that lack some of the reference's users, with how many.
-    """
-    ref = next((r for r in results if r.name == reference and r.ranks is not None), None)
-    if ref is None or all(set(r.ranks) <= set(ref.ranks) for r in results):
-        return results, None
-    users = set(ref.ranks)
-    ks = (ref.metrics.get("protocol") or {}).get("k") or sorted({int(m.rsplit("_", 1)[1]) for m in METRICS})
-    out, short = [], {}
-    for r in results:
-        if set(r.ranks) <= users:
-            out.append(r)
-            continue
-        shared = sorted(users & set(r.ranks))
-        if len(shared) < len(users):
-            short[r.name] = len(users) - len(shared)
-        ranks = {u: r.ranks[u] for u in shared}
-        metrics = {**r.metrics, **ranking_metrics(list(ranks.values()), ks, samples, seed), "users": len(shared),
-                   "valid_beam_share": None, "restricted_to": reference}
-        out.append(ModelResult(name=r.name, metrics_path=r.metrics_path, metrics=metrics, ranks=ranks))
-    protocol = ref.metrics.get("protocol") or {}
-    sample = {"reference": reference, "users": len(users), "of": max(len(r.ranks) for r in results),
-              "seed": ref.metrics.get("seed"), "max_users": protocol.get("max_users"), "short": short}
-    return out, sample
 
 
 def sample_statement(sample: dict, samples: int) -> str:
@@ -219,19 +43,6 @@ def sample_statement(sample: dict, samples: int) -> str:
     return text
 
 
-def per_k_curves(results: list[ModelResult], max_k: int) -> list[dict]:
-    """Records {k, <model>_hr, <model>_ndcg, ...} for k = 1..max_k, from each model's predictions."""
-    rows = []
-    for k in range(1, max_k + 1):
-        row = {"k": k}
-        for r in results:
-            ranks = list(r.ranks.values())
-            row[f"{r.name}_hr"] = round(float(hits_at_k(ranks, k).mean()), 6)
-            row[f"{r.name}_ndcg"] = round(float(ndcg_gains_at_k(ranks, k).mean()), 6)
-        rows.append(row)
-    return rows
-
-
 def _interval(metrics: dict, name: str) -> str:
     value = metrics.get(name)
     if value is None:
@@ -244,19 +55,15 @@ def _number(value, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
-def _label(result: ModelResult) -> str:
-    backbone = result.metrics.get("backbone")
-    return f"{result.name} ({backbone})" if backbone else result.name
-
-
 def results_table(results: list[ModelResult]) -> list[str]:
     """Markdown rows: model, users, the four metrics with intervals, valid-beam share, times."""
-    head = ["model", "users", *(LABELS[m] for m in METRICS), "valid beams", "train s", "eval s"]
+    names = results[0].metric_names if results else PAPER_METRICS
+    head = ["model", "users", *(metric_label(m) for m in names), "valid beams", "train s", "eval s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         m = r.metrics
         eval_seconds = m.get("eval_seconds", m.get("decode_seconds"))
-        cells = [_label(r), str(m.get("users", "n/a")), *(_interval(m, name) for name in METRICS),
+        cells = [r.label, str(m.get("users", "n/a")), *(_interval(m, name) for name in names),
                  _number(m.get("valid_beam_share"), 3), _number(m.get("train_seconds"), 0), _number(eval_seconds, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -264,7 +71,7 @@ def results_table(results: list[ModelResult]) -> list[str]:
 
 def paper_table() -> list[str]:
     """The paper's Table 1 as markdown rows."""
-    lines = ["| dataset (paper) | model | " + " | ".join(LABELS[m] for m in METRICS) + " |", "|---" * 6 + "|"]
+    lines = ["| dataset (paper) | model | " + " | ".join(metric_label(m) for m in PAPER_METRICS) + " |", "|---" * 6 + "|"]
     for (dataset, model), values in PAPER_TABLE_1.items():
         lines.append(f"| {dataset} | {model} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     return lines
@@ -275,8 +82,8 @@ def paired_table(tests: dict[str, dict], reference: str) -> list[str]:
     metrics = list(next(iter(tests.values()))) if tests else []
     head = ["vs", "users"]
     for m in metrics:
-        head += [f"Δ{LABELS.get(m, m)} [95% CI]", "p"]
-    head.append(f"{reference} wins / losses ({LABELS.get(metrics[0], metrics[0]) if metrics else ''})")
+        head += [f"Δ{metric_label(m)} [95% CI]", "p"]
+    head.append(f"{reference} wins / losses ({metric_label(metrics[0]) if metrics else ''})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_metric in tests.items():
         first = by_metric[metrics[0]]
@@ -322,57 +129,6 @@ def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[st
     else:
         parts.append(f"No paired tests: no metrics file for {reference!r}, or no other model.")
     return "\n".join(parts) + "\n"
-
-
-def bar_chart(results: list[ModelResult], path: str | Path) -> Path:
-    """Grouped bars of the four metrics per model, with the 95% intervals as error bars (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write files only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(results)
-    x = np.arange(len(METRICS))
-    for i, r in enumerate(results):
-        m = r.metrics
-        values = np.array([m.get(name, np.nan) for name in METRICS], dtype=float)
-        low = np.array([m.get("ci95_low", {}).get(name, v) for name, v in zip(METRICS, values)], dtype=float)
-        high = np.array([m.get("ci95_high", {}).get(name, v) for name, v in zip(METRICS, values)], dtype=float)
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=_label(r),
-               yerr=np.vstack([values - low, high - values]), capsize=3)
-    ax.set_xticks(x, [LABELS[m] for m in METRICS])
-    ax.set_ylabel("score (95% bootstrap interval)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def curves_chart(rows: list[dict], models: list[str], path: str | Path) -> Path:
-    """HR@k and NDCG@k against k, one line per model (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    ks = [row["k"] for row in rows]
-    for ax, metric, label in zip(axes, ("hr", "ndcg"), ("HR@k", "NDCG@k")):
-        for name in models:
-            ax.plot(ks, [row[f"{name}_{metric}"] for row in rows], marker="o", label=name)
-        ax.set_xlabel("k")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 PAPER_DATASETS = (("ml-", "MovieLens 25M"), ("movielens", "MovieLens 25M"), ("toys", "Amazon Toys"),

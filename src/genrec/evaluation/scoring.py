@@ -19,6 +19,7 @@ import pandas as pd
 
 from genrec.errors import DataError
 from genrec.config.layout import SPLITS
+from genrec.data.processed import part_path, read_part
 
 
 @dataclass
@@ -43,16 +44,6 @@ class SplitData:
         return len(self.item_ids)
 
 
-def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError("not found", path=path, fix="run `genrec split` first")
-    frame = pd.read_parquet(path)
-    for column in columns:
-        if column not in frame.columns:
-            raise DataError("missing column", path=path, column=column, fix="re-run `genrec split`")
-    return frame
-
-
 def read_split(processed_dir: str | Path) -> SplitData:
     """Read train/valid/test.parquet and items.parquet of `processed_dir` and code the items.
 
@@ -61,13 +52,14 @@ def read_split(processed_dir: str | Path) -> SplitData:
             a validation or test row.
     """
     processed_dir = Path(processed_dir)
-    items = _read(processed_dir / "items.parquet", ("item_id", "title")).astype({"item_id": str})
+    items = read_part(processed_dir, "items", ("item_id", "title")).astype({"item_id": str})
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     index = pd.Index(items["item_id"].to_numpy(dtype=object))
     parts = {}
     for name in SPLITS:
-        path = processed_dir / f"{name}.parquet"
-        frame = _read(path, ("user_id", "item_id", "position")).astype({"user_id": str, "item_id": str})
+        path = part_path(processed_dir, name)
+        frame = read_part(processed_dir, name, ("user_id", "item_id", "position"))
+        frame = frame.astype({"user_id": str, "item_id": str})
         codes = index.get_indexer(frame["item_id"].to_numpy(dtype=object))
         if (codes < 0).any():
             row = int(np.argmax(codes < 0))
@@ -81,7 +73,7 @@ def read_split(processed_dir: str | Path) -> SplitData:
         missing = [u for u in users if u not in one.index]
         if missing or len(one) != len(parts[name]):
             raise DataError(f"expected exactly one row per test user (user {missing[:1] or 'duplicated'})",
-                            path=processed_dir / f"{name}.parquet", column="user_id", fix="re-run `genrec split`")
+                            path=part_path(processed_dir, name), column="user_id", fix="re-run `genrec split`")
         per_user[name] = one.loc[users].to_numpy(dtype=np.int64)
     grouped = parts["train"].groupby("user_id", sort=True)["code"]
     train = {u: g.to_numpy(dtype=np.int64) for u, g in grouped}
@@ -170,25 +162,20 @@ def evaluate_ranking(data: SplitData, users: np.ndarray, targets: np.ndarray, co
     item, so the valid-beam share is that of returned entries and no entry repeats.
 
     Returns:
-        (metrics, predictions): the metrics dict (keys as `genrec.evaluation.outputs.summarise`) and one
+        (metrics, predictions): the metrics dict (`genrec.evaluation.outputs.summary`) and one
         {user_id, target_item_id, target_title, ranked} row per user.
     """
-    from genrec.evaluation.metrics import integrity_metrics, ranking_metrics
     from genrec.decoding.trie import Catalogue
+    from genrec.evaluation.outputs import protocol_of, summary
 
-    ranks = target_ranks(codes, targets)
-    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    metrics.update(integrity_metrics([[data.titles[c - 1] for c in row] for row in codes], e.num_beams))
     catalogue = Catalogue.from_items(pd.DataFrame({"item_id": data.item_ids, "title": data.titles}))
-    metrics.update({
-        "users": len(users), "decode_seconds": round(seconds, 2),
-        "users_per_s": round(len(users) / seconds, 3) if seconds > 0 else None,
-        "prompts_truncated": truncated, "users_without_candidates": sum(len(row) == 0 for row in codes),
-        "shared_titles": catalogue.shared_titles(), "seed": e.seed,
-        "protocol": {"split": e.split, "k": list(e.k), "num_beams": e.num_beams, "constrained": True,
-                     "exclude_history": e.exclude_history, "length_penalty": None, "early_stopping": None,
-                     "max_new_tokens": None, "max_users": e.max_users, "max_prompt_tokens": None, "dtype": "float32",
-                     "ranking": "full catalogue, scored", "invalid_beams": "impossible"}})
+    metrics = summary(target_ranks(codes, targets), [[data.titles[c - 1] for c in row] for row in codes], e, seconds,
+                      truncated=truncated, hopeless=sum(len(row) == 0 for row in codes),
+                      shared_titles=catalogue.shared_titles(),
+                      protocol_dict=protocol_of(e, constrained=True, exclude_history=e.exclude_history,
+                                                length_penalty=None, early_stopping=None, max_new_tokens=None,
+                                                max_prompt_tokens=None, dtype="float32",
+                                                ranking="full catalogue, scored", invalid_beams="impossible"))
     predictions = [{"user_id": data.users[u], "target_item_id": data.item_ids[t - 1],
                     "target_title": data.titles[t - 1],
                     "ranked": [{"title": data.titles[c - 1], "item_ids": [data.item_ids[c - 1]],

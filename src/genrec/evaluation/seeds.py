@@ -19,7 +19,8 @@ import numpy as np
 
 from genrec.errors import DataError
 from genrec.io import atomic_path
-from genrec.evaluation.report import LABELS, METRICS, ModelResult, check_same_split, load_metrics
+from genrec.evaluation.metrics import metric_label
+from genrec.evaluation.outputs import ModelResult, check_same_split, load_metrics
 
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -65,8 +66,9 @@ def aggregate(loaded: list[list[ModelResult]]) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     names = [r.name for results in loaded for r in results]
     for name in dict.fromkeys(names):
-        runs = [r.metrics for results in loaded for r in results if r.name == name]
-        for metric in METRICS:
+        found = [r for results in loaded for r in results if r.name == name]
+        runs = [r.metrics for r in found]
+        for metric in dict.fromkeys(m for r in found for m in r.metric_names):
             have = [m for m in runs if isinstance(m.get(metric), (int, float))]
             if len(have) < 2:
                 continue
@@ -94,7 +96,7 @@ def render(table: dict[str, dict[str, dict]], runs: list[str | Path]) -> str:
     for name, by_metric in table.items():
         for metric, e in by_metric.items():
             boot = (f"[{e['bootstrap_low']:.4f}, {e['bootstrap_high']:.4f}]" if "bootstrap_low" in e else "n/a")
-            lines.append(f"| {name} | {LABELS[metric]} | {e['runs']} | {', '.join(map(str, e['users']))} | "
+            lines.append(f"| {name} | {metric_label(metric)} | {e['runs']} | {', '.join(map(str, e['users']))} | "
                          f"{e['mean']:.4f} [{e['ci95_low']:.4f}, {e['ci95_high']:.4f}] | {e['sd']:.4f} | {boot} | "
                          + ", ".join(f"{v:.4f}" for v in e["values"]) + " |")
     return "\n".join(lines) + "\n"

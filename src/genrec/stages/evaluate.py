@@ -23,9 +23,9 @@ from pathlib import Path
 
 from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
                                user_exclusions, with_split_history)
-from genrec.io import split_fingerprint, write_json
 from genrec.config.params import Params
-from genrec.evaluation.outputs import log_to_mlflow, sample_users, summarise, write_predictions
+from genrec.evaluation.outputs import finish, sample_users, summarise
+from genrec.tracking.runs import read_run_id
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,18 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                                   "assistant": "sasrec" if assistant is not None else None,
                                   "assistant_weight": e.assistant_weight if assistant is not None else 0.0,
                                   "prompt_format": template.format})
-    # What the report needs to put every model in one table, and to refuse a comparison across splits.
+    # GenRec's evaluations log into its training run; genrec+sasrec is a model of its own, with its own run
+    # (tagged with GenRec's run, whose adapter it uses).
     name = "genrec" if model_dir is not None else "backbone"
-    metrics.update(model=name + ("+sasrec" if assistant is not None else ""), device=model.device.type,
-                   processes=n_processes,
-                   split_fingerprint=split_fingerprint(processed_dir),
-                   train_seconds=_train_seconds(model_dir), eval_seconds=round(time.perf_counter() - start, 2))
-    write_predictions(predictions_path, [
-        {"user_id": r["user_id"], "target_item_id": r["target_item_id"], "target_title": r.get("output"),
-         "ranked": entries} for r, entries in zip(records, lists)])
-    write_json(metrics_path, metrics)
-    log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(records),
-             metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
-    if model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists():
-        log_to_mlflow(params, Path(model_dir), metrics_path, predictions_path,
-                      prefix=params.eval.split + ("_sasrec" if assistant is not None else ""),
-                      processed_dir=processed_dir)
-    return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
+    tracked = model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists()
+    run_id = read_run_id(model_dir) if tracked and assistant is None else None
+    new_run = {"tags": {"genrec.genrec_run": read_run_id(model_dir)}} if tracked and assistant is not None else None
+    predictions = [{"user_id": r["user_id"], "target_item_id": r["target_item_id"], "target_title": r.get("output"),
+                    "ranked": entries} for r, entries in zip(records, lists)]
+    return finish(params, metrics, predictions, model=name + ("+sasrec" if assistant is not None else ""),
+                  metrics_path=metrics_path, predictions_path=predictions_path, processed_dir=processed_dir,
+                  started=start, train_seconds=_train_seconds(model_dir), run_id=run_id, new_run=new_run,
+                  device=model.device.type, processes=n_processes)
 
 
 def _train_seconds(model_dir: Path | None) -> float | None:

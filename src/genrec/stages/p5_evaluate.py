@@ -21,10 +21,11 @@ import numpy as np
 
 from genrec.models.p5 import model as p5
 from genrec.models.genrec.evaluation import read_catalogue
-from genrec.io import split_fingerprint, write_json
+from genrec.io import split_fingerprint
 from genrec.models.p5.ranking import load_model, rank_users, ranked_entries
 from genrec.config.params import Params
-from genrec.evaluation.outputs import log_to_mlflow, sample_users, summarise, write_predictions
+from genrec.evaluation.outputs import finish, sample_users, summarise
+from genrec.tracking.runs import read_run_id
 from genrec.data.sequences import load_sequences, target_rows
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,9 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         max_new_tokens=2 if e.constrained else e.max_new_tokens or 2,
                         truncated=truncated, hopeless=hopeless,
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
-    metrics.update({"model": "p5", "device": model.device.type, "backbone": meta["backbone"],
-                    "indexing": meta["indexing"], "split_fingerprint": split_hash,
-                    "train_seconds": round(meta["training"]["train_seconds"], 2),
-                    "eval_seconds": round(time.perf_counter() - started, 2)})
-    write_predictions(predictions_path, [
-        {"user_id": user, "target_item_id": target, "target_title": titles[target], "ranked": entries}
-        for user, target, entries in zip(users, targets, lists)])
-    write_json(metrics_path, metrics)
-    log.info("%s: %d users, HR@10 %.4f NDCG@10 %.4f, %.2f users/s", metrics_path, len(users),
-             metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics["users_per_s"])
-    log_to_mlflow(params, model_dir, Path(metrics_path), Path(predictions_path), processed_dir=processed_dir)
-    return {**metrics, "metrics_path": str(metrics_path), "predictions_path": str(predictions_path)}
+    predictions = [{"user_id": user, "target_item_id": target, "target_title": titles[target], "ranked": entries}
+                   for user, target, entries in zip(users, targets, lists)]
+    return finish(params, metrics, predictions, model="p5", metrics_path=metrics_path,
+                  predictions_path=predictions_path, processed_dir=processed_dir, started=started,
+                  train_seconds=round(meta["training"]["train_seconds"], 2), run_id=read_run_id(model_dir),
+                  device=model.device.type, backbone=meta["backbone"], indexing=meta["indexing"])

@@ -32,14 +32,12 @@ from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint, write_json
 from genrec.config.layout import SPLITS
-from genrec.evaluation.metrics import Rank
+from genrec.evaluation.metrics import Rank, metric_names, parse_metric
 from genrec.config.params import Params, to_dict
-from genrec.evaluation.report import read_ranks
+from genrec.evaluation.outputs import read_ranks
 
 log = logging.getLogger(__name__)
 
-TAGGED_METRICS = ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10")
-REQUIRED_METRICS = ("hr_at_10", "ndcg_at_10")
 
 
 def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path, valid_metrics_path: Path,
@@ -54,8 +52,8 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
             a metrics file of the wrong split, an adapter of another dataset, or a missing input.
     """
     model_dir, processed_dir, base_dir = Path(model_dir), Path(processed_dir), Path(base_dir)
-    valid = read_metrics(Path(valid_metrics_path), "valid")
-    test = read_metrics(Path(test_metrics_path), "test")
+    valid = read_metrics(Path(valid_metrics_path), "valid", params.promote.metric)
+    test = read_metrics(Path(test_metrics_path), "test", params.promote.metric)
     ranks = read_valid_ranks(Path(valid_predictions_path), valid, Path(valid_metrics_path))
     config = read_model_config(model_dir, params.dataset)
     items_path = processed_dir / "items.parquet"
@@ -94,12 +92,18 @@ def reset(params: Params, *, reason: str) -> dict:
     return {"archived": archived}
 
 
-def read_metrics(path: Path, split: str) -> dict:
-    """A metrics file written by `genrec evaluate` on `split`, with HR@10 and NDCG@10.
+def read_metrics(path: Path, split: str, metric: str = "ndcg_at_10") -> dict:
+    """A metrics file written by `genrec evaluate` on `split`, with a finite `metric` (`promote.metric`).
 
     Raises:
-        DataError: missing file, wrong split, or a missing/non-finite metric (never guessed).
+        DataError: missing file, wrong split, an unknown metric name (one genrec cannot recompute per user,
+            e.g. `mrr_at_10`), or a missing/non-finite metric (never guessed).
     """
+    try:
+        parse_metric(metric)
+    except ValueError as err:
+        raise DataError(f"promote.metric: {err}", path=path, column=metric,
+                        fix="set promote.metric to a metric of this file (its names follow eval.k)") from None
     fix = (f"run the evaluate stage with eval.split={split} (dvc repro "
            f"{'evaluate_valid' if split == 'valid' else 'evaluate'})")
     if not path.exists():
@@ -111,11 +115,11 @@ def read_metrics(path: Path, split: str) -> dict:
     found = (metrics.get("protocol") or {}).get("split")
     if found != split:
         raise DataError(f"metrics of split {found!r} where {split!r} was expected", path=path, fix=fix)
-    for name in REQUIRED_METRICS:
-        value = metrics.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"no {split} {name} (found {value!r}): promotion refuses to guess", path=path,
-                            column=name, fix=fix + " with 10 in eval.k")
+    value = metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        k = metric.rpartition("_at_")[2]
+        raise DataError(f"no {split} {metric} (found {value!r}): promotion refuses to guess", path=path,
+                        column=metric, fix=fix + f" with {k} in eval.k")
     return metrics
 
 
@@ -178,8 +182,8 @@ def version_tags(valid: dict, test: dict, config: dict, params: Params, split_fi
 
     `registry.register_adapter` adds adapter_sha256, backbone_sha256 and the training run's git commit.
     """
-    tags = {f"{split}.{name}": repr(float(metrics[name]))
-            for split, metrics in (("valid", valid), ("test", test)) for name in TAGGED_METRICS if name in metrics}
+    tags = {f"{split}.{name}": repr(float(metrics[name])) for split, metrics in (("valid", valid), ("test", test))
+            for name in metric_names((metrics.get("protocol") or {}).get("k") or (5, 10)) if name in metrics}
     tags.update({f"{split}.users": str(metrics.get("users")) for split, metrics in (("valid", valid), ("test", test))})
     base = config.get("base_model") or {}
     tags.update({
@@ -203,9 +207,9 @@ def promotion_report(params: Params, version, created: bool, decision: promotion
         if number is None:
             return None
         v = by_number[str(number)]
-        return {"version": int(v.version), "run_id": v.run_id,
-                **{k: _number(v.tags.get(k)) for k in ("valid.ndcg_at_10", "valid.hr_at_10", "test.ndcg_at_10",
-                                                       "test.hr_at_10")},
+        shown = dict.fromkeys([promotion.select_tag(params.promote.metric), "valid.ndcg_at_10", "valid.hr_at_10",
+                               "test.ndcg_at_10", "test.hr_at_10"])
+        return {"version": int(v.version), "run_id": v.run_id, **{k: _number(v.tags.get(k)) for k in shown},
                 "split_fingerprint": v.tags.get("split_fingerprint"), "valid_protocol": v.tags.get("valid_protocol"),
                 "archived_reason": v.tags.get(promotion.ARCHIVED_TAG)}
 

@@ -6,7 +6,7 @@
 
 Reads every `<model>.json` metrics file and its `<model>.jsonl` predictions, refuses files from
 different splits, restricts every model to the reference's users when it decoded a seeded sample of them
-(`report.on_reference_users`: the comparison, curves and tests on those users; the all-users numbers in a
+(`comparison.on_reference_users`: the comparison, curves and tests on those users; the all-users numbers in a
 second table), and writes the comparison table (markdown), a bar chart with the 95% intervals
 (`<figures>/comparison.png`) and per-k curves (`<figures>/per_k.png`, and a CSV with columns
 k, <model>_hr, <model>_ndcg for `dvc plots`). The report and figures are logged to MLflow: into the
@@ -19,9 +19,10 @@ import csv
 import logging
 from pathlib import Path
 
-from genrec.evaluation import report
-from genrec.io import atomic_path
 from genrec.config.params import Params
+from genrec.evaluation import comparison, figures, outputs, report
+from genrec.evaluation.metrics import metric_names, parse_metric
+from genrec.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,22 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
         DataError: no metrics files, files from different splits, or missing/stale predictions.
     """
     cfg = params.report
-    results = report.load_metrics(metrics_dir)
-    fingerprint = report.check_same_split(results)
-    report.attach_ranks(results, predictions_dir)
+    results = outputs.load_metrics(metrics_dir)
+    fingerprint = outputs.check_same_split(results)
+    outputs.attach_ranks(results, predictions_dir)
     all_users = results
-    results, sample = report.on_reference_users(all_users, cfg.reference, params.eval.bootstrap_samples,
-                                                params.eval.seed)
-    tests = report.paired_tests(results, cfg.reference, ("hr_at_10", "ndcg_at_10"), cfg.paired_samples, cfg.seed)
-    rows = report.per_k_curves(results, cfg.max_k)
+    results, sample = comparison.on_reference_users(all_users, cfg.reference, params.eval.bootstrap_samples,
+                                                    params.eval.seed)
+    # The paired tests: every metric at the largest cut-off of eval.k (HR@10 and NDCG@10 by default).
+    tested = tuple(m for m in metric_names(params.eval.k) if parse_metric(m)[1] == max(params.eval.k))
+    tests = comparison.paired_tests(results, cfg.reference, tested, cfg.paired_samples, cfg.seed)
+    rows = comparison.per_k_curves(results, cfg.max_k)
 
     figures_dir, out_path, plots_path = Path(figures_dir), Path(out_path), Path(plots_path)
     with atomic_path(figures_dir) as tmp:
         tmp.mkdir()
-        report.bar_chart(results, tmp / FIGURES[0])
-        report.curves_chart(rows, [r.name for r in results], tmp / FIGURES[1])
+        figures.bar_chart(results, tmp / FIGURES[0])
+        figures.curves_chart(rows, [r.name for r in results], tmp / FIGURES[1])
     figure_link = Path(_relative(figures_dir / FIGURES[0], out_path.parent)).as_posix()
     text = report.render_markdown(results, fingerprint, tests, cfg.reference, cfg.paired_samples, params.dataset,
                                   figure_link, sample=sample, all_users=all_users,

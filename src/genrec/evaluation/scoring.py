@@ -162,25 +162,20 @@ def evaluate_ranking(data: SplitData, users: np.ndarray, targets: np.ndarray, co
     item, so the valid-beam share is that of returned entries and no entry repeats.
 
     Returns:
-        (metrics, predictions): the metrics dict (keys as `genrec.evaluation.outputs.summarise`) and one
+        (metrics, predictions): the metrics dict (`genrec.evaluation.outputs.summary`) and one
         {user_id, target_item_id, target_title, ranked} row per user.
     """
-    from genrec.evaluation.metrics import integrity_metrics, ranking_metrics
     from genrec.decoding.trie import Catalogue
+    from genrec.evaluation.outputs import protocol_of, summary
 
-    ranks = target_ranks(codes, targets)
-    metrics = ranking_metrics(ranks, e.k, e.bootstrap_samples, e.seed)
-    metrics.update(integrity_metrics([[data.titles[c - 1] for c in row] for row in codes], e.num_beams))
     catalogue = Catalogue.from_items(pd.DataFrame({"item_id": data.item_ids, "title": data.titles}))
-    metrics.update({
-        "users": len(users), "decode_seconds": round(seconds, 2),
-        "users_per_s": round(len(users) / seconds, 3) if seconds > 0 else None,
-        "prompts_truncated": truncated, "users_without_candidates": sum(len(row) == 0 for row in codes),
-        "shared_titles": catalogue.shared_titles(), "seed": e.seed,
-        "protocol": {"split": e.split, "k": list(e.k), "num_beams": e.num_beams, "constrained": True,
-                     "exclude_history": e.exclude_history, "length_penalty": None, "early_stopping": None,
-                     "max_new_tokens": None, "max_users": e.max_users, "max_prompt_tokens": None, "dtype": "float32",
-                     "ranking": "full catalogue, scored", "invalid_beams": "impossible"}})
+    metrics = summary(target_ranks(codes, targets), [[data.titles[c - 1] for c in row] for row in codes], e, seconds,
+                      truncated=truncated, hopeless=sum(len(row) == 0 for row in codes),
+                      shared_titles=catalogue.shared_titles(),
+                      protocol_dict=protocol_of(e, constrained=True, exclude_history=e.exclude_history,
+                                                length_penalty=None, early_stopping=None, max_new_tokens=None,
+                                                max_prompt_tokens=None, dtype="float32",
+                                                ranking="full catalogue, scored", invalid_beams="impossible"))
     predictions = [{"user_id": data.users[u], "target_item_id": data.item_ids[t - 1],
                     "target_title": data.titles[t - 1],
                     "ranked": [{"title": data.titles[c - 1], "item_ids": [data.item_ids[c - 1]],

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-from genrec.evaluation.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, ndcg_at_k, paired_bootstrap,
-                            ranking_metrics, target_rank)
+from genrec.evaluation.metrics import (bootstrap_interval, hit_ratio_at_k, integrity_metrics, metric_label, metric_names, ndcg_at_k, paired_bootstrap, parse_metric, per_user, ranking_metrics, target_rank)
 
 RANKS = [1, 3, None, 10, 6]
 
@@ -121,3 +120,36 @@ def test_integrity_counts_invalid_duplicate_and_missing_beams():
     assert out["valid_beam_share"] == pytest.approx(4 / 8)
     assert out["duplicate_beam_share"] == pytest.approx(1 / 8)
     assert out["beams_returned_share"] == pytest.approx(5 / 8)
+
+
+def test_ranking_metrics_values_are_hand_computed():
+    """The function that computes every metrics file: ranks 1, 3, a miss and 7 at k = 5 and 10.
+
+    HR@5 = 2/4; NDCG@5 = (1 + 1/log2 4) / 4; HR@10 = 3/4; NDCG@10 = (1 + 1/2 + 1/log2 8) / 4. Swapping HR and
+    NDCG, or a k, fails here.
+    """
+    metrics = ranking_metrics([1, 3, None, 7], [10, 5], samples=50, seed=0)
+    assert metrics["hr_at_5"] == 0.5
+    assert metrics["ndcg_at_5"] == pytest.approx(0.375)
+    assert metrics["hr_at_10"] == 0.75
+    assert metrics["ndcg_at_10"] == pytest.approx((1 + 0.5 + 1 / 3) / 4)
+    assert [k for k in metrics if k.startswith(("hr", "ndcg"))] == list(metric_names([5, 10]))
+    for name in metric_names([5, 10]):
+        assert metrics["ci95_low"][name] <= metrics[name] <= metrics["ci95_high"][name]
+
+
+def test_metric_names_follow_k_and_every_name_is_recomputed_per_user():
+    assert metric_names([20, 1, 20]) == ("hr_at_1", "ndcg_at_1", "hr_at_20", "ndcg_at_20")
+    ranks = {"a": 1, "b": 2, "c": None}
+    assert per_user(ranks, ["c", "b", "a"], "hr_at_1").tolist() == [0.0, 0.0, 1.0]
+    assert per_user(ranks, ["a", "b"], "ndcg_at_5").tolist() == pytest.approx([1.0, 1 / math.log2(3)])
+    assert metric_label("ndcg_at_10") == "NDCG@10" and metric_label("users") == "users"
+
+
+@pytest.mark.parametrize("name", ["mrr_at_10", "ndcg", "hr_at_x", "recall_at_10", "ndcg_at_"])
+def test_a_metric_genrec_cannot_recompute_per_user_is_refused(name):
+    """The trap of reading every unknown name as NDCG: mrr_at_10 must not silently test NDCG@10."""
+    with pytest.raises(ValueError, match="unknown ranking metric"):
+        per_user({"a": 1}, ["a"], name)
+    with pytest.raises(ValueError, match="unknown ranking metric"):
+        parse_metric(name)

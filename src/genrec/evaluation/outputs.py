@@ -128,6 +128,9 @@ def finish(params: Params, metrics: dict, predictions: Iterable[dict], *, model:
     Returns:
         The metrics written, plus the two output paths.
     """
+    clash = sorted(set(extra) & (set(metrics) | {"model", "split_fingerprint", "train_seconds", "eval_seconds"}))
+    if clash:
+        raise ValueError(f"{model}: facts {clash} would overwrite the evaluation's own keys; rename them")
     metrics.update(model=model, split_fingerprint=split_fingerprint(processed_dir), train_seconds=train_seconds,
                    eval_seconds=round(time.perf_counter() - started, 2), **extra)
     write_predictions(predictions_path, predictions)

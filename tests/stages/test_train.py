@@ -337,6 +337,14 @@ def test_sequence_format_trains_on_the_split_and_tracks_a_learning_curve(tmp_pat
                            processed_dir=processed, metrics_path=tmp_path / "ma.json",
                            predictions_path=tmp_path / "pa.jsonl", assistant_dir=tmp_path / "sasrec")
     assert metrics["model"] == "genrec+sasrec" and metrics["protocol"]["assistant_weight"] == 1000.0
+    # Every model of the report is a run of the dataset's experiment: genrec+sasrec beside GenRec's own run.
+    client = MlflowClient(params.tracking.uri)
+    runs = {r.info.run_name: r for r in client.search_runs([run.info.experiment_id])}
+    assert {"sasrec", "genrec+sasrec"} <= set(runs)
+    assisted_run = runs["genrec+sasrec"]
+    assert assisted_run.data.tags["genrec.family"] == "genrec+sasrec"
+    assert assisted_run.data.tags["genrec.genrec_run"] == result["run_id"] != assisted_run.info.run_id
+    assert assisted_run.data.metrics["test.hr_at_10"] == metrics["hr_at_10"]
     catalogue = read_catalogue(processed / "items.parquet")
     assistant = SasrecAssistant(tmp_path / "sasrec", catalogue)
     histories = read_histories(processed, before="test")

@@ -30,6 +30,7 @@ from genrec.tracking import runs as tracking
 from genrec.io import atomic_path, split_fingerprint, write_json
 from genrec.config.params import Params, to_dict
 from genrec.data.sequences import load_sequences
+from genrec.models.device import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path) -> dict:
     texts = [p5.build_prompt(p5.choose_phrasing(p.seed, r.user_id, r.position), r.user_id, r.history) for r in train]
     model, tokenizer, label = p5.build_model(p, texts, len(index.ids))
     tokens = p5.item_token_ids(tokenizer, len(index.ids), model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device("auto", process_gpu=False).type  # "cuda" or "cpu"
     model.to(device)
     train_data, truncated = p5.encode(train, tokenizer, tokens, p.seed, p.max_input_tokens)
     valid_data, _ = p5.encode(valid, tokenizer, tokens, p.seed, p.max_input_tokens)

@@ -148,27 +148,6 @@ def load_backbone(base_dir: str | Path, dtype=None):
     return model, tokenizer
 
 
-def inference_device(setting: str = "auto"):
-    """The torch device a model decodes on, from `eval.device`.
-
-    auto: CUDA when torch sees a GPU (under `accelerate launch`, the process's own GPU, LOCAL_RANK),
-    else the CPU. cuda: the same GPU, or a DataError when there is none. cpu: the CPU.
-    """
-    import os
-
-    import torch
-
-    if setting == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if setting == "cuda":
-            raise DataError("eval.device=cuda, but torch sees no CUDA device",
-                            fix="Set eval.device=auto (or cpu), or install a CUDA build of torch on a GPU machine")
-        return torch.device("cpu")
-    local_rank = os.environ.get("LOCAL_RANK")
-    return torch.device("cuda", int(local_rank) if local_rank else torch.cuda.current_device())
-
-
 def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
     """Greedy (do_sample=False) new token ids for each prompt, one prompt at a time (no padding effects)."""
     import torch

@@ -123,14 +123,15 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     """Backbone plus merged adapter, its tokenizer and the prompt template it was trained with.
 
     Args:
-        device: `eval.device` (auto | cpu | cuda; see `backbone.inference_device`).
+        device: `eval.device` (auto | cpu | cuda; see `genrec.models.device.choose_device`).
 
     Returns:
         (model in eval mode on its device, tokenizer, PromptTemplate).
     """
-    from genrec.models.genrec.backbone import inference_device, load_backbone
+    from genrec.models.device import choose_device
+    from genrec.models.genrec.backbone import load_backbone
 
-    target = inference_device(device)
+    target = choose_device(device)
     if model_dir is not None and not (Path(model_dir) / "adapter_model.safetensors").is_file():
         # Checked before the backbone loads; PEFT would otherwise fall back to a pickled adapter_model.bin.
         raise DataError("no adapter_model.safetensors", path=model_dir,

@@ -23,7 +23,7 @@ def load_model(model_dir: Path, dtype: str, device: str = "auto"):
     import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-    from genrec.models.genrec.backbone import inference_device
+    from genrec.models.device import choose_device
 
     model_dir = Path(model_dir)
     if not any((model_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
@@ -32,7 +32,7 @@ def load_model(model_dir: Path, dtype: str, device: str = "auto"):
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = T5ForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
                                                        dtype=None if dtype == "auto" else getattr(torch, dtype))
-    return model.to(inference_device(device)).eval(), tokenizer
+    return model.to(choose_device(device)).eval(), tokenizer
 
 
 def rank_users(model, inputs: list[list[int]], item_tokens: np.ndarray, excluded, e: EvalParams,

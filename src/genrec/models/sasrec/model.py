@@ -23,6 +23,7 @@ from torch import nn
 
 from genrec.evaluation.scoring import SplitData, eval_cases, target_ranks, top_k
 from genrec.config.params import SasrecParams
+from genrec.models.device import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,6 @@ def training_windows(train: list[np.ndarray], max_len: int) -> tuple[np.ndarray,
     return left_pad(inputs, max_len), left_pad(targets, max_len)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when available, else cpu."""
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
-
-
 @torch.no_grad()
 def rank_with_sasrec(model: SASRec, histories: list[np.ndarray], k: int, exclude_history: bool,
                      batch: int = 256) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -178,7 +173,7 @@ def train_sasrec(data: SplitData, cfg: SasrecParams, exclude_history: bool) -> t
     from genrec.evaluation.metrics import hit_ratio_at_k, ndcg_at_k
 
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = choose_device(cfg.device, key="sasrec.device", process_gpu=False)
     config = SasrecConfig(num_items=data.num_items, max_len=cfg.max_len, hidden=cfg.hidden, blocks=cfg.blocks,
                           heads=cfg.heads, dropout=float(cfg.dropout))
     model = SASRec(config).to(device)

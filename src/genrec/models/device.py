@@ -1,0 +1,39 @@
+"""The torch device a model runs on, chosen by one rule for every model family.
+
+`eval.device` (GenRec and P5 decoding) and `sasrec.device` are `auto | cpu | cuda`; P5 training has no
+key and always asks for `auto`. auto: the GPU when torch sees one, else the CPU. cuda: the GPU, or a
+`DataError` naming the key when there is none. cpu: the CPU.
+"""
+
+from __future__ import annotations
+
+from genrec.errors import DataError
+
+
+def choose_device(requested: str = "auto", *, key: str = "eval.device", process_gpu: bool = True):
+    """The torch device for `requested` (auto | cpu | cuda).
+
+    Args:
+        key: The param `requested` came from; the error for a missing GPU names it.
+        process_gpu: Decoding runs under `accelerate launch`, one process a GPU: the GPU is this process's
+            own (`cuda:<LOCAL_RANK>`, else torch's current device). False: plain `cuda`, torch's current
+            device, for code that one process runs (SASRec, P5 training).
+
+    Raises:
+        DataError: `cuda` when torch sees no CUDA device.
+    """
+    import os
+
+    import torch
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise DataError(f"{key}=cuda, but torch sees no CUDA device",
+                            fix=f"Set {key}=auto (or cpu), or install a CUDA build of torch on a GPU machine")
+        return torch.device("cpu")
+    if not process_gpu:
+        return torch.device("cuda")
+    local_rank = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", int(local_rank) if local_rank else torch.cuda.current_device())

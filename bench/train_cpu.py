@@ -9,7 +9,7 @@ The ceiling is measured here: the GFLOP/s of a bf16 `linear` of the model's MLP 
 FLOPs LoRA training spends per token: 2 x (linear weights) forward plus 2 x (linear weights) backward
 (gradients of the activations only: the backbone is frozen), the LM head included, attention left out.
 
-The trainer is built exactly as the train stage builds it (`genrec.models.genrec.sft.build_trainer` from
+The trainer is built exactly as the train stage builds it (`genrec.models.genrec.sft_trainer.build_trainer` from
 params.yaml plus `--set` overrides); only eval and checkpoints are switched off. The first
 `--warmup` optimizer steps are not timed. Variants change one thing each:
 
@@ -113,7 +113,7 @@ def gemm_ceiling(base: Path, rows: int) -> dict:
 
 
 def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup: int, processed: Path) -> dict:
-    from genrec.models.genrec import sft
+    from genrec.models.genrec import sft_loss, sft_trainer
     from genrec.data.prompts import PromptTemplate
 
     tp = params.train
@@ -124,11 +124,11 @@ def measure(params, variant: str, base: Path, prompts: Path, steps: int, warmup:
     with tempfile.TemporaryDirectory() as tmp:
         template = (PromptTemplate.sequence(tp.prompt_history) if tp.format == "sequence"
                     else PromptTemplate.load(prompts / "template.json"))
-        trainer, stats = sft.build_trainer(params, base, prompts, template, Path(tmp), dtype=dtype,
-                                           processed_dir=processed)
+        trainer, stats = sft_trainer.build_trainer(params, base, prompts, template, Path(tmp), dtype=dtype,
+                                                   processed_dir=processed)
         timer = step_timer()
         trainer.add_callback(timer)
-        with sft.completion_positions_only(params.train.completion_logits_only):
+        with sft_loss.completion_positions_only(params.train.completion_logits_only):
             trainer.train()
     seconds = sum(timer.seconds[warmup:])
     # Non-padding tokens per row: the whole dataset's mean (packed rows for sequence, prompts for instruction).

@@ -7,7 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from genrec.config import presets
-from genrec.models.genrec import sft
+from genrec.models.genrec import sft_trainer
 from genrec.cli import main
 from genrec.errors import DataError
 from genrec.config.params import load_params
@@ -33,7 +33,7 @@ def test_a_paper_preset_loads_as_the_paper_setting(root, folder, name):
     assert (t.format, t.epochs, t.max_steps, t.batch_size, t.learning_rate) == ("instruction", 5, None, 128, 3e-4)
     assert (t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == (8, 16, 0.05, ["q_proj", "v_proj"])
     profile = yaml.safe_load((root / "configs" / "accelerate" / f"{t.accelerate_profile}.yaml").read_text())
-    assert profile["num_processes"] == 4 and sft.accumulation_steps(t, 4) == 8
+    assert profile["num_processes"] == 4 and sft_trainer.accumulation_steps(t, 4) == 8
     assert params.eval.max_users is None and params.eval.num_beams == 10 and params.p5.backbone == "t5-small"
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from genrec.models.genrec import sft
+from genrec.models.genrec import sft_data, sft_loss, sft_trainer
 from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import split_fingerprint
@@ -119,7 +119,8 @@ def test_lora_weights_changed_from_their_initialisation(trained, tiny):
     params, _, out = trained
     saved = load_file(out / "adapter_model.safetensors")
     set_seed(params.train.seed)
-    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base"]), sft.lora_config(params.train.lora))
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base"]),
+                           sft_trainer.lora_config(params.train.lora))
     initial = get_peft_model_state_dict(fresh)
     assert set(saved) == set(initial) and len(saved) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
     for name, tensor in saved.items():
@@ -137,11 +138,11 @@ def test_adapter_reloads_to_the_same_validation_loss(trained, tiny):
     base, tokenizer = load_backbone(tiny["base"], dtype="float32")
     model = PeftModel.from_pretrained(base, out)
     template = PromptTemplate.load(out / "template.json")
-    valid, _ = sft.prompt_dataset(tiny["prompts"] / "valid.jsonl", template, tokenizer,
+    valid, _ = sft_data.prompt_dataset(tiny["prompts"] / "valid.jsonl", template, tokenizer,
                                     params.train.max_seq_length, None, params.train.seed)
-    config = sft.sft_config(params, tiny["tmp"] / "reload", num_processes=1)
+    config = sft_trainer.sft_config(params, tiny["tmp"] / "reload", num_processes=1)
     trainer = SFTTrainer(model=model, args=config, train_dataset=valid, eval_dataset=valid, processing_class=tokenizer)
-    with sft.completion_positions_only(True):
+    with sft_loss.completion_positions_only(True):
         reloaded = trainer.evaluate()["eval_loss"]
     assert reloaded == pytest.approx(result["eval_loss"], abs=1e-5)
     base_loss = SFTTrainer(model=load_backbone(tiny["base"], dtype="float32")[0], args=config, train_dataset=valid,

@@ -8,7 +8,7 @@ Launch (what dvc.yaml runs; profiles cpu | 1gpu | 4gpu | fsdp in configs/acceler
 
 `genrec train ...` without the launcher runs the same thing in one process.
 
-params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.models.genrec.sft`). The
+params -> `SFTConfig` + `LoraConfig` -> `SFTTrainer(peft_config=...)` (built in `genrec.models.genrec.sft_trainer`). The
 `sequence` format (default) trains on every training title of every user (documents from the split,
 packed); `instruction` trains the paper's prompt/completion records (`genrec.data.prompts.fit_to_token_budget`:
 the oldest history titles are dropped to fit `train.max_seq_length`, never the target; loss on the
@@ -31,7 +31,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from genrec.models.genrec import sft
+from genrec.models.genrec import sft_loss, sft_trainer
 from genrec.tracking import runs as tracking
 from genrec.models.genrec.backbone import check_local_dir
 from genrec.models.genrec.curve import curve_data, learning_curve_callback, write_curve
@@ -71,7 +71,7 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
     # cpu=True on a machine without CUDA: only then do several CPU processes join (gloo) rather than each
     # believing it is alone (and main). The Trainer's own Accelerator shares this state.
     state = PartialState(cpu=not torch.cuda.is_available())
-    sft.accumulation_steps(tp, state.num_processes)
+    sft_trainer.accumulation_steps(tp, state.num_processes)
     hashes = tracking.data_hashes([base_dir, prompts_dir] + ([processed_dir] if tp.format == "sequence" else []))
     fingerprint = config_fingerprint(params, hashes)
     resume_from, run_id = find_resume_point(checkpoint_dir(out_dir), tp.resume, fingerprint)
@@ -79,10 +79,11 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
         prepare_checkpoint_dir(checkpoint_dir(out_dir), resume_from)
     state.wait_for_everyone()
 
-    trainer, train_stats = sft.build_trainer(params, base_dir, prompts_dir, template, checkpoint_dir(out_dir),
-                                             state.num_processes, processed_dir=processed_dir)
+    trainer, train_stats = sft_trainer.build_trainer(params, base_dir, prompts_dir, template,
+                                                     checkpoint_dir(out_dir), state.num_processes,
+                                                     processed_dir=processed_dir)
     tokenizer = trainer.processing_class
-    initial = sft.lora_state(trainer.model)
+    initial = sft_trainer.lora_state(trainer.model)
     curve = None
     if tp.curve_steps and processed_dir is not None and state.is_main_process:
         data = curve_data(prompts_dir, processed_dir, template, tokenizer, tp.curve_users, params.eval)
@@ -110,7 +111,7 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
                     "base": hashes[str(base_dir)], "prompts": hashes[str(prompts_dir)],
                     "base_path": str(base_dir), "prompts_path": str(prompts_dir)}})
             trainer.add_callback(mlflow_logger())
-        with sft.completion_positions_only(tp.completion_logits_only):
+        with sft_loss.completion_positions_only(tp.completion_logits_only):
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             eval_loss = final_eval_loss(trainer)
         final = checkpoint_dir(out_dir) / "final"
@@ -270,7 +271,7 @@ def write_outputs(out_dir: Path, adapter_dir: Path, trainer, tokenizer, template
         write_json(tmp / "config.json", config)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         tracking.write_run_file(tmp / tracking.RUN_FILE, mlrun)
-        sft.verify_adapter(tmp, initial)
+        sft_trainer.verify_adapter(tmp, initial)
         mlflow.log_artifacts(str(tmp), artifact_path="model")
         mlflow.log_dict(template.to_dict(), "prompt_template.json")
 

@@ -1,4 +1,5 @@
-"""genrec.sft: prompt records to a TRL dataset, the EOS check, the LM-head compaction, the config."""
+"""genrec.models.genrec.sft_data, sft_loss and sft_trainer: prompt records to a TRL dataset, the EOS check,
+the LM-head compaction, the config."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genrec.models.genrec import sft
+from genrec.models.genrec import sft_data, sft_loss, sft_trainer
 from genrec.errors import DataError
 from genrec.config.params import LoraParams, Params, TrainParams
 from genrec.data.prompts import PromptTemplate
@@ -42,10 +43,10 @@ def write_records(path: Path, n: int, history: int = 8) -> Path:
 def test_prompt_dataset_fits_the_budget_and_counts_truncation(tokenizer, tmp_path):
     path = write_records(tmp_path / "train.jsonl", 6)
     template = PromptTemplate(max_history=8)
-    data, stats = sft.prompt_dataset(path, template, tokenizer, max_tokens=10_000, limit=None, seed=0)
+    data, stats = sft_data.prompt_dataset(path, template, tokenizer, max_tokens=10_000, limit=None, seed=0)
     assert stats == {"records": 6, "truncated": 0, "titles_dropped": 0}
     full = len(tokenizer(data[0]["prompt"] + data[0]["completion"])["input_ids"])
-    data, stats = sft.prompt_dataset(path, template, tokenizer, max_tokens=full - 5, limit=None, seed=0)
+    data, stats = sft_data.prompt_dataset(path, template, tokenizer, max_tokens=full - 5, limit=None, seed=0)
     assert stats["truncated"] == 6 and stats["titles_dropped"] >= 6
     for row in data:
         assert len(tokenizer(row["prompt"] + row["completion"])["input_ids"]) + 1 <= full - 5
@@ -55,9 +56,9 @@ def test_prompt_dataset_fits_the_budget_and_counts_truncation(tokenizer, tmp_pat
 def test_prompt_dataset_subsample_is_seeded(tokenizer, tmp_path):
     path = write_records(tmp_path / "train.jsonl", 20)
     template = PromptTemplate()
-    first = sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
-    assert first == sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
-    assert first != sft.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=4)[0]["prompt"]
+    first = sft_data.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
+    assert first == sft_data.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=3)[0]["prompt"]
+    assert first != sft_data.prompt_dataset(path, template, tokenizer, 10_000, limit=5, seed=4)[0]["prompt"]
     assert len(first) == 5
 
 
@@ -65,24 +66,24 @@ def test_prompt_dataset_bad_records_name_the_row(tokenizer, tmp_path):
     path = write_records(tmp_path / "train.jsonl", 2)
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(DataError, match="row 3"):
-        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
+        sft_data.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
     path.write_text(json.dumps({"instruction": "x", "history_titles": []}) + "\n")
     with pytest.raises(DataError, match="row 1.*'output'"):
-        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
+        sft_data.prompt_dataset(path, PromptTemplate(), tokenizer, 10_000, None, 0)
     write_records(path, 1)
     with pytest.raises(DataError, match="train.max_seq_length"):
-        sft.prompt_dataset(path, PromptTemplate(), tokenizer, 5, None, 0)
+        sft_data.prompt_dataset(path, PromptTemplate(), tokenizer, 5, None, 0)
 
 
 def test_sft_config_carries_the_params(tmp_path):
     tp = TrainParams(batch_size=16, micro_batch_size=4, learning_rate=3e-4, warmup=0.1, max_steps=7, bf16=False,
                      eval_steps=None)
-    config = sft.sft_config(Params(train=tp), tmp_path, num_processes=2)
+    config = sft_trainer.sft_config(Params(train=tp), tmp_path, num_processes=2)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (4, 2)
     assert (config.learning_rate, config.warmup_steps, config.max_steps, config.max_length) == (3e-4, 0.1, 7, 256)
     assert config.completion_only_loss and not config.bf16 and config.eval_strategy == "no"
     assert config.report_to == []  # the stage logs to MLflow itself, into the run whose id it saves
-    lora = sft.lora_config(LoraParams(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"]))
+    lora = sft_trainer.lora_config(LoraParams(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"]))
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules)) == (8, 16, 0.05, {"q_proj", "v_proj"})
 
 
@@ -96,7 +97,7 @@ def test_completion_positions_only_gives_the_same_loss_and_gradients():
     model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
     add_fused_lm_head(model)
-    model = get_peft_model(model, sft.lora_config(LoraParams(dropout=0.0)))
+    model = get_peft_model(model, sft_trainer.lora_config(LoraParams(dropout=0.0)))
     for name, param in model.named_parameters():
         if "lora_B" in name:  # off its zero init, so that lora_A gets gradients too
             torch.nn.init.normal_(param, std=0.02)
@@ -111,7 +112,7 @@ def test_completion_positions_only_gives_the_same_loss_and_gradients():
             log_probs = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
             log_probs = log_probs.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (shifted != -100)
         else:
-            with sft.completion_positions_only(mode == "compact"):
+            with sft_loss.completion_positions_only(mode == "compact"):
                 log_probs = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
         loss = -log_probs.sum() / (shifted != -100).sum()
         loss.backward()
@@ -134,11 +135,11 @@ def test_the_private_trl_switch_exists_in_the_pinned_trl(root):
     import trl.trainer.utils as trl_utils
 
     pins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert f"trl=={sft.TRL_PATCHED_VERSION}" in pins
-    assert trl.__version__ == sft.TRL_PATCHED_VERSION
+    assert f"trl=={sft_loss.TRL_PATCHED_VERSION}" in pins
+    assert trl.__version__ == sft_loss.TRL_PATCHED_VERSION
     assert callable(getattr(trl_utils, "_use_triton", None)), "trl.trainer.utils._use_triton is gone"
     original = trl_utils._use_triton
-    with sft.completion_positions_only(True):
+    with sft_loss.completion_positions_only(True):
         assert trl_utils._use_triton is not original and trl_utils._use_triton(torch.device("cpu"))
     assert trl_utils._use_triton is original
 
@@ -149,7 +150,7 @@ def test_another_trl_version_is_left_unpatched(monkeypatch):
 
     monkeypatch.setattr(trl, "__version__", "99.0.0")
     original = trl_utils._use_triton
-    with sft.completion_positions_only(True):
+    with sft_loss.completion_positions_only(True):
         assert trl_utils._use_triton is original
 
 
@@ -157,18 +158,18 @@ def test_check_prepared_rejects_a_double_or_missing_eos():
     from datasets import Dataset
 
     ok = {"input_ids": [[5, 6, 7, 2]], "labels": [[-100, -100, 7, 2]]}
-    assert sft.check_prepared(Dataset.from_dict(ok), eos_token_id=2, max_length=8) == {
+    assert sft_data.check_prepared(Dataset.from_dict(ok), eos_token_id=2, max_length=8) == {
         "tokens": 4, "completion_tokens": 2}
     for bad in ({"input_ids": [[5, 6, 2, 2]], "labels": [[-100, -100, 2, 2]]},   # tokenizer added a second EOS
                 {"input_ids": [[5, 6, 7, 8]], "labels": [[-100, -100, 7, 8]]}):  # truncated: EOS cut off
         with pytest.raises(RuntimeError, match="exactly one EOS"):
-            sft.check_prepared(Dataset.from_dict(bad), eos_token_id=2, max_length=8)
+            sft_data.check_prepared(Dataset.from_dict(bad), eos_token_id=2, max_length=8)
 
 
 def test_batch_size_must_split_over_micro_batches_and_processes(tmp_path):
-    assert sft.accumulation_steps(TrainParams(batch_size=128, micro_batch_size=4), num_processes=4) == 8
+    assert sft_trainer.accumulation_steps(TrainParams(batch_size=128, micro_batch_size=4), num_processes=4) == 8
     with pytest.raises(DataError, match="train.batch_size=6"):
-        sft.accumulation_steps(TrainParams(batch_size=6, micro_batch_size=2), num_processes=2)
+        sft_trainer.accumulation_steps(TrainParams(batch_size=6, micro_batch_size=2), num_processes=2)
 
 
 def test_verify_adapter_fails_loudly_on_empty_or_untrained_adapters(tmp_path):
@@ -177,15 +178,15 @@ def test_verify_adapter_fails_loudly_on_empty_or_untrained_adapters(tmp_path):
     initial = {"m.lora_A.weight": torch.ones(2, 4), "m.lora_B.weight": torch.zeros(4, 2)}
     path = tmp_path / "adapter_model.safetensors"
     with pytest.raises(RuntimeError, match="saved 0 tensors"):
-        sft.verify_adapter(tmp_path, initial)  # no file at all
+        sft_trainer.verify_adapter(tmp_path, initial)  # no file at all
     save_file({"m.lora_A.weight": torch.ones(2, 4)}, path)
     with pytest.raises(RuntimeError, match="saved 1 tensors"):
-        sft.verify_adapter(tmp_path, initial)
+        sft_trainer.verify_adapter(tmp_path, initial)
     save_file({k: v.clone() for k, v in initial.items()}, path)
     with pytest.raises(RuntimeError, match="still equal their initialisation"):
-        sft.verify_adapter(tmp_path, initial)
+        sft_trainer.verify_adapter(tmp_path, initial)
     save_file({"m.lora_A.weight": torch.ones(2, 4), "m.lora_B.weight": torch.full((4, 2), 1e-3)}, path)
-    sft.verify_adapter(tmp_path, initial)
+    sft_trainer.verify_adapter(tmp_path, initial)
 
 
 def write_split(folder: Path) -> Path:
@@ -211,7 +212,7 @@ def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
 
     processed = write_split(tmp_path / "processed")
     encoder = SequenceEncoder(PromptTemplate.sequence(max_history=5), tokenizer)
-    packed, stats = sft.sequence_dataset(processed, encoder, 96, None, 0)
+    packed, stats = sft_data.sequence_dataset(processed, encoder, 96, None, 0)
     header = tokenizer.decode(encoder.header_ids)
     lines = []
     for row in packed:
@@ -221,7 +222,7 @@ def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):
     assert sorted(lines) == sorted(expected)  # every training title once, and nothing else
     assert not {TITLES[i] for i in range(20, 30)} & set(lines)  # no valid or test title
     assert stats["users"] == 4 and stats["completion_tokens"] < stats["tokens"]
-    valid = sft.next_title_dataset(processed, encoder, 96, None, 0)
+    valid = sft_data.next_title_dataset(processed, encoder, 96, None, 0)
     for row, u in zip(valid, range(4)):
         target = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
         assert tokenizer.decode(target) == TITLES[20 + u] + "\n"  # the loss is on the valid title only
@@ -235,7 +236,7 @@ def test_recent_windows_keep_each_users_latest_training_titles(tokenizer, tmp_pa
     header_tokens = len(encoder.header_ids)
     line = max(len(encoder.line_ids(title)) for title in TITLES)
     budget = header_tokens + 2 * line  # room for two titles at least
-    packed, stats = sft.sequence_dataset(processed, encoder, budget, None, 0, recent=1)
+    packed, stats = sft_data.sequence_dataset(processed, encoder, budget, None, 0, recent=1)
     header = tokenizer.decode(encoder.header_ids)
     docs = [tokenizer.decode(row["input_ids"][start:start + n])
             for row in packed for start, n in zip(accumulate_starts(row["seq_lengths"]), row["seq_lengths"])]
@@ -245,7 +246,7 @@ def test_recent_windows_keep_each_users_latest_training_titles(tokenizer, tmp_pa
         mine = [d for d in docs if d.replace(header, "").split("\n")[:-1] == train[-len(d.replace(header, "")
                                                                                          .split("\n")[:-1]):]]
         assert mine, f"user u{u}: no document ends with the latest training title"
-    everything, _ = sft.sequence_dataset(processed, encoder, budget, None, 0)
+    everything, _ = sft_data.sequence_dataset(processed, encoder, budget, None, 0)
     assert len(everything) > len(packed)
 
 
@@ -258,7 +259,7 @@ def test_the_lean_sequence_loss_equals_the_models_own_loss_and_gradients(num_ite
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
-    model = get_peft_model(model, sft.lora_config(LoraParams(dropout=0.0)))
+    model = get_peft_model(model, sft_trainer.lora_config(LoraParams(dropout=0.0)))
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
@@ -271,9 +272,10 @@ def test_the_lean_sequence_loss_equals_the_models_own_loss_and_gradients(num_ite
     def loss_and_grads(lean):
         model.zero_grad()
         if lean:
-            hidden = sft.final_hidden_states(model, input_ids=ids)
-            loss = sft.labelled_lm_loss(hidden, labels, model.get_output_embeddings(), kwargs.get("num_items_in_batch"),
-                                        chunk_rows=7)  # chunks that do not divide the 57 labelled rows
+            hidden = sft_loss.final_hidden_states(model, input_ids=ids)
+            # chunk_rows=7: chunks that do not divide the 57 labelled rows
+            loss = sft_loss.labelled_lm_loss(hidden, labels, model.get_output_embeddings(),
+                                             kwargs.get("num_items_in_batch"), chunk_rows=7)
         else:
             loss = model(input_ids=ids, labels=labels, **kwargs).loss
         loss.backward()
@@ -290,7 +292,7 @@ def test_the_lean_sequence_loss_equals_the_models_own_loss_and_gradients(num_ite
 def test_chunked_cross_entropy_matches_torch_in_bfloat16():
     logits = torch.randn(50, 1000, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
     targets = torch.randint(0, 1000, (50,), generator=torch.Generator().manual_seed(1))
-    loss = sft.chunked_cross_entropy(logits, targets, chunk_rows=16)
+    loss = sft_loss.chunked_cross_entropy(logits, targets, chunk_rows=16)
     loss.backward()
     ours = logits.grad.clone()
     logits.grad = None
@@ -298,7 +300,7 @@ def test_chunked_cross_entropy_matches_torch_in_bfloat16():
     ref.backward()
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(ours, logits.grad)
-    assert sft.chunked_cross_entropy(logits[:0], targets[:0]).item() == 0.0
+    assert sft_loss.chunked_cross_entropy(logits[:0], targets[:0]).item() == 0.0
 
 
 def accumulate_starts(lengths):
@@ -318,7 +320,7 @@ def test_packed_rows_never_attend_across_documents():
                                          num_attention_heads=4, num_key_value_heads=2,
                                          attn_implementation="sdpa")).eval()
     a, b = list(range(3, 15)), list(range(20, 29))
-    collate = sft.PackedCollator(pad_token_id=0)
+    collate = sft_data.PackedCollator(pad_token_id=0)
     packed = collate([{"input_ids": a + b, "labels": a + b, "seq_lengths": [len(a), len(b)]},
                       {"input_ids": b, "labels": b, "seq_lengths": [len(b)]}])
     assert "attention_mask" not in packed
@@ -347,7 +349,7 @@ def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
     params = load_params(root / "params.yaml", overrides)
     processes = yaml.safe_load((root / "configs" / "accelerate" / f"{params.train.accelerate_profile}.yaml").read_text())
     assert processes["num_processes"] == 4
-    assert sft.accumulation_steps(params.train, processes["num_processes"]) == 8
+    assert sft_trainer.accumulation_steps(params.train, processes["num_processes"]) == 8
     with pytest.raises(DataError, match=r"train\.batch_size=8 .* micro_batch_size") as err:
-        sft.accumulation_steps(load_params(root / "params.yaml").train, processes["num_processes"])
+        sft_trainer.accumulation_steps(load_params(root / "params.yaml").train, processes["num_processes"])
     assert "\n" not in str(err.value) and "train.micro_batch_size" in str(err.value)

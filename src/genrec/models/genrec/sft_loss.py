@@ -114,7 +114,7 @@ def chunked_cross_entropy(logits, targets, chunk_rows: int = 16):
 
 TRL_PATCHED_VERSION = "1.16.0"
 """The TRL (pinned in pyproject.toml) whose private `trl.trainer.utils._use_triton` `completion_positions_only`
-overrides; with any other version the override is skipped (tests/test_sft.py checks the name still exists)."""
+overrides; with any other version the override is skipped (tests/models/genrec/test_sft.py checks the name still exists)."""
 
 
 @contextlib.contextmanager
@@ -124,7 +124,7 @@ def completion_positions_only(enabled: bool):
     TRL compacts to labelled positions only where Triton runs (CUDA/XPU) and scores every position
     elsewhere (to keep tile shapes fixed for compilers such as Neuron's). Eager CPU training has no such
     constraint, and with ~150-token prompts and ~10-token completions the full projection costs
-    SmolLM2-135M 1.8x the CPU time per step (bench/train_cpu.py). The math is the same (tests/test_sft.py).
+    SmolLM2-135M 1.8x the CPU time per step (bench/train_cpu.py). The math is the same (tests/models/genrec/test_sft.py).
 
     The switch is TRL's private `_use_triton`, so it is overridden only on TRL_PATCHED_VERSION; on any
     other TRL this logs a warning and trains with TRL's own choice (slower on CPU, same result).

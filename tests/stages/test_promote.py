@@ -1,7 +1,7 @@
 """The promote stage against a real MLflow registry (SQLite in tmp) with real tiny adapters.
 
 One module fixture plays a sequence of promotions with `promote.alpha: null` (two validation users cannot
-make a significant paired test; the gate is tested in tests/test_promotion.py), recording each report and
+make a significant paired test; the gate is tested in tests/tracking/test_promotion.py), recording each report and
 the registry state:
   first   valid NDCG 0.5                -> version 1, champion (no champion before)
   again   the same adapter, same files  -> no new version, nothing moves

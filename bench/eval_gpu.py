@@ -12,7 +12,7 @@ prompts are random tokens of 130-170 tokens (the default template with 10 histor
 Reference regime (the GenRec code): one user at a time, HF `generate(num_beams=10,
 num_return_sequences=10, do_sample=False)`, unconstrained. Random weights give flat next-token
 distributions, so both sides usually run to `max_new_tokens` (the longest title + EOS): a
-worst case for the step count. Targets (issue 4): >= 100 users/s at the 135M shape, >= 60 at 7B.
+worst case for the step count. Goals: >= 100 users/s at the 135M shape, >= 60 at 7B.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ NOT_DEPS = {
     # Deliberately absent from every stage's deps (paths relative to src/genrec):
     "__init__.py": "the package's docstring and version",
     "errors.py": "the error type: changes a failure's message, never an output",
-    "config/params.py": "the params schema: every value a stage reads is in params.yaml (tests/test_params.py proves "
-                 "its defaults equal the dataclasses') and reaches DVC through the stage's `params:`",
+    "config/params.py": "the params schema: every value a stage reads is in params.yaml (tests/config/test_params.py "
+                        "proves its defaults equal the dataclasses') and reaches DVC through the stage's `params:`",
+    "config/sections.py": "the params schema's sections (the same reason as config/params.py)",
+    "config/values.py": "the params schema's value types and messages: a value's type and range are checked here, "
+                        "and the value itself reaches DVC through the stage's `params:`",
     "cli.py": "the command table: parses paths and hands them to stages/<command>.py",
 }
 

@@ -111,6 +111,12 @@ def test_every_key_refuses_a_value_of_the_wrong_type(key, tmp_path):
     ("promote.alpha=1", "promote.alpha: expected a probability in (0, 1) or null, got 1"),
     ("promote.alpha=0.0001", "promote.alpha: 0.0001 is at or below the smallest p-value 10000 resamples can give"),
     ("promote.metric=mrr", "promote.metric='mrr': use one of ndcg_at_10, hr_at_10"),
+    ("prompts.train_targets=0", "prompts.train_targets: expected an integer >= 1, got 0"),  # not also "or all"
+    ("eval.k=[0,5]", "eval.k: expected cut-offs >= 1, e.g. [5, 10], got [0, 5]"),
+    ("eval.k=[5,20]", "eval.k: the largest cut-off 20 exceeds eval.num_beams=10"),
+    ("train.optimizer=sgd", "train.optimizer: expected an AdamW variant, e.g. adamw_torch, got 'sgd'"),
+    ("ingest.sha256=abc", "ingest.sha256: expected 64 hex digits or null, got 'abc'"),
+    ("datasets=[toys-p5,toys-p5]", "datasets: 'toys-p5' is listed twice"),
     ("split.usercore=3", "split.usercore: unknown key; did you mean split.user_core?"),
     ("train.lora.rank=8", "train.lora.rank: unknown key"),
 ])
@@ -135,6 +141,35 @@ def test_a_bad_value_is_one_line_naming_the_key(root, override, expected):
 def test_good_values_are_accepted_as_the_field_type(root, override, attribute, value):
     got = functools.reduce(getattr, attribute.split("."), load_params(root / "params.yaml", [override]))
     assert got == value and type(got) is type(value)
+
+
+def test_a_problem_names_the_line_of_params_yaml_its_value_came_from(tmp_path, root):
+    text = (root / "params.yaml").read_text()
+    lines = text.splitlines()
+    at = {key: next(n for n, line in enumerate(lines, 1) if line.startswith(f"  {key}:"))
+          for key in ("user_core", "seed")}  # split.user_core, then prompts.seed: the first of each name
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("  user_core: 5 ", "  user_core: 0 ", 1).replace("  seed: 42 ", "  seed: abc ", 1))
+    with pytest.raises(ParamsError) as err:
+        load_params(path, ["split.item_core=0"])
+    assert str(err.value).splitlines() == [
+        f"{path}: 3 invalid parameters:",
+        f"  - line {at['user_core']}: split.user_core: expected an integer >= 1, got 0",
+        "  - split.item_core: expected an integer >= 1, got 0",  # the command line's: no line
+        f"  - line {at['seed']}: prompts.seed: expected an integer, got 'abc'"]
+    with pytest.raises(ParamsError, match=rf"^{path}, line {at['user_core']}: split\.user_core: expected"):
+        load_params(path, ["prompts.seed=1"])
+
+
+def test_a_problem_from_a_dataset_entry_names_the_entry_line(tmp_path, root):
+    text = (root / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("      epochs: 2 ", "      epochs: 0 ", 1))
+    line = 1 + text.splitlines().index(next(x for x in text.splitlines() if x.startswith("      epochs: 2 ")))
+    load_params(path)  # ml-latest-small does not read toys-p5's entry
+    with pytest.raises(ParamsError, match=rf"^{path}, line {line}: p5\.epochs: expected an integer >= 1, got 0 "
+                                          r"\(set by dataset_params\.toys-p5\)$"):
+        load_params(path, ["dataset=toys-p5"])
 
 
 def test_a_badly_typed_value_does_not_also_fail_the_checks_that_use_it(root):
@@ -245,6 +280,22 @@ def test_dvc_yaml_stages_call_the_cli_and_list_their_module(root):
         command = words[at + 1]
         assert name.startswith(command), f"stage {name} runs `genrec {command}`"
         assert f"src/genrec/stages/{command}.py" in stage["deps"], name
+
+
+def test_every_field_has_a_one_line_docstring_and_params_are_immutable():
+    sections = [Params, *(f.type for f in dataclasses.fields(Params) if dataclasses.is_dataclass(f.type))]
+    for section in sections:
+        for name, field in section.__pydantic_fields__.items():
+            if not dataclasses.is_dataclass(field.annotation):
+                assert field.description, f"{section.__name__}.{name} has no docstring"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Params().split.user_core = 3
+
+
+def test_a_replaced_value_is_validated_too():
+    assert dataclasses.replace(Params().train, epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        dataclasses.replace(Params().train, batch_size=12)
 
 
 def test_to_dict_round_trips(root, tmp_path):

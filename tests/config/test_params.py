@@ -110,7 +110,8 @@ def test_every_key_refuses_a_value_of_the_wrong_type(key, tmp_path):
     ("p5.indexing=leaky", "p5.indexing='leaky': use one of random, sequential"),
     ("promote.alpha=1", "promote.alpha: expected a probability in (0, 1) or null, got 1"),
     ("promote.alpha=0.0001", "promote.alpha: 0.0001 is at or below the smallest p-value 10000 resamples can give"),
-    ("promote.metric=mrr", "promote.metric='mrr': use one of ndcg_at_10, hr_at_10"),
+    ("promote.metric=mrr", "promote.metric: expected a ranking metric hr_at_<k> or ndcg_at_<k> with k in eval.k, "
+                           "e.g. ndcg_at_10, got 'mrr'"),
     ("prompts.train_targets=0", "prompts.train_targets: expected an integer >= 1, got 0"),  # not also "or all"
     ("eval.k=[0,5]", "eval.k: expected cut-offs >= 1, e.g. [5, 10], got [0, 5]"),
     ("eval.k=[5,20]", "eval.k: the largest cut-off 20 exceeds eval.num_beams=10"),
@@ -364,3 +365,15 @@ def test_a_range_problem_from_an_entry_names_the_entry(root):
         load_params(root / "params.yaml", ["dataset=toys-p5", "dataset_params.toys-p5.p5.epochs=0"])
     with pytest.raises(ParamsError, match=r"p5\.epochs: expected an integer >= 1, got 0$"):
         load_params(root / "params.yaml", ["dataset=toys-p5", "p5.epochs=0"])  # the command line's own value
+
+
+def test_promote_metric_is_any_ranking_metric_and_nothing_else():
+    """Any metric a metrics file has can be promotion's; `mrr_at_10` (which genrec does not compute per user)
+    is refused where it is set instead of being read as NDCG."""
+    from genrec.config.values import RANKING_METRIC
+    from genrec.evaluation.metrics import PER_USER
+
+    assert load_params(PARAMS_YAML, ["promote.metric=hr_at_5"]).promote.metric == "hr_at_5"
+    with pytest.raises(ParamsError, match="promote.metric"):
+        load_params(PARAMS_YAML, ["promote.metric=mrr_at_10"])
+    assert set(RANKING_METRIC.pattern.split(")")[0].strip("(").split("|")) == set(PER_USER)

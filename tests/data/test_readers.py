@@ -211,3 +211,14 @@ def test_generic_refuses_missing_values(tmp_path, rows, row, column, message):
     with pytest.raises(DataError) as caught:
         read_generic(tmp_path / "interactions.csv", tmp_path / "items.csv")
     assert (caught.value.row, caught.value.column) == (row, column) and message in str(caught.value)
+
+
+def test_every_reader_is_an_ingest_format_and_back():
+    """A new reader is one entry of READERS; `ingest.format` must name exactly those (plus auto)."""
+    import typing
+
+    from genrec.config.values import IngestFormat
+    from genrec.data.readers import CSV_FILES, READERS
+
+    assert set(typing.get_args(IngestFormat)) == {"auto", *READERS}
+    assert set(CSV_FILES) <= set(READERS)

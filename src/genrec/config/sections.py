@@ -302,7 +302,7 @@ class ReportParams:
 @dataclass(frozen=True, config=SECTION)
 class PromoteParams:
     metric: PromoteMetric = "ndcg_at_10"
-    """Validation metric promotion compares (per user, for the paired test): ndcg_at_10 | hr_at_10."""
+    """Validation metric promotion compares (per user, for the paired test): hr_at_<k> | ndcg_at_<k>, k in eval.k."""
     alpha: Float | None = Field(0.05, gt=0, lt=1)
     """A challenger takes `champion` only if a paired bootstrap gives p < alpha; null: a higher score is enough."""
     samples: Int = Field(10000, ge=1)

@@ -78,6 +78,18 @@ def _cut_offs(k: list[int]) -> list[int]:
     return k
 
 
+RANKING_METRIC = re.compile(r"(hr|ndcg)_at_[1-9][0-9]*")
+"""The ranking metrics genrec writes and can recompute per user (`genrec.evaluation.metrics.PER_USER`'s families
+at any cut-off; tests/config/test_params.py checks the two agree)."""
+
+
+def _ranking_metric(name: str) -> str:
+    if not RANKING_METRIC.fullmatch(name):
+        raise ValueError(f"expected a ranking metric hr_at_<k> or ndcg_at_<k> with k in eval.k, e.g. ndcg_at_10, "
+                         f"got {name!r}")
+    return name
+
+
 FolderName = Annotated[Text, AfterValidator(_folder_name)]
 FolderNames = Annotated[list[FolderName], Field(min_length=1), AfterValidator(_each_once)]
 Sha256 = Annotated[Text, AfterValidator(_hex_digest)]
@@ -97,7 +109,7 @@ EvalDtype = Literal["auto", "bfloat16", "float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 P5Indexing = Literal["random", "sequential"]
 SasrecSelect = Literal["hr_at_10", "ndcg_at_10"]
-PromoteMetric = Literal["ndcg_at_10", "hr_at_10"]
+PromoteMetric = Annotated[Text, AfterValidator(_ranking_metric)]
 
 
 def related(field: str, text: str) -> PydanticCustomError:

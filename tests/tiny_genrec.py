@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -26,6 +27,7 @@ TITLES = ["Toy Story (1995)", "Heat (1995)", "American President, The (1995)", "
           "Powder (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Pocahontas (1995)", "Waterworld (1995)"]
 USERS = 6
 SEQUENCE = 6  # items per user: 4 train, 1 valid, 1 test
+SEQUENCES = {f"u{u}": [str((u * 5 + p * 7) % len(TITLES)) for p in range(SEQUENCE)] for u in range(USERS)}
 
 
 def params(tmp: Path, **eval_overrides) -> Params:
@@ -34,19 +36,35 @@ def params(tmp: Path, **eval_overrides) -> Params:
                   eval=replace(EvalParams(batch_size=4, bootstrap_samples=50), **eval_overrides))
 
 
-def write_split(folder: Path) -> Path:
-    """items.parquet and train/valid/test.parquet as the split stage writes them."""
-    folder.mkdir(parents=True)
-    pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES))], "title": TITLES}).to_parquet(
-        folder / "items.parquet")
+def write_split(folder: Path, sequences: dict[str, list[str]] | None = None, titles: dict[str, str] | None = None,
+                extra_items: Iterable[str] = (), timestamp: Callable[[int, int], int] = lambda u, p: 1000 * u + p,
+                shuffle: bool = False) -> Path:
+    """items.parquet and train/valid/test.parquet as the split stage writes them, leave-one-out.
+
+    `sequences` maps each user id to its full chronological item ids (default: this world's SEQUENCES): the
+    last item goes to test, the one before to valid, the rest to train. `titles` (item id -> title) is the
+    catalogue; by default this world's TITLES (item ids "0".."23") with the default sequences, else
+    "Title <id>" for every item of `sequences` and `extra_items`. The u-th user's item at `position` gets
+    `timestamp(u, position)`. Rows are sorted by user id and position, or in a seeded random order with
+    `shuffle`; timestamp and position are int64.
+    """
+    if sequences is None:
+        sequences, titles = SEQUENCES, titles or {str(i): title for i, title in enumerate(TITLES)}
+    if titles is None:
+        titles = {i: f"Title {i}" for i in sorted({i for seq in sequences.values() for i in seq} | set(extra_items))}
+    folder.mkdir(parents=True, exist_ok=True)
     rows = {"train": [], "valid": [], "test": []}
-    for u in range(USERS):
-        seq = [(u * 5 + p * 7) % len(TITLES) for p in range(SEQUENCE)]
-        for p, item in enumerate(seq):
-            name = "train" if p < SEQUENCE - 2 else "valid" if p == SEQUENCE - 2 else "test"
-            rows[name].append({"user_id": f"u{u}", "item_id": str(item), "timestamp": 1000 * u + p, "position": p})
+    for u, (user, items) in enumerate(sequences.items()):
+        for p, item in enumerate(items):
+            name = "test" if p == len(items) - 1 else "valid" if p == len(items) - 2 else "train"
+            rows[name].append((user, item, timestamp(u, p), p))
     for name, part in rows.items():
-        pd.DataFrame(part).astype({"timestamp": "int64", "position": "int64"}).to_parquet(folder / f"{name}.parquet")
+        frame = pd.DataFrame(part, columns=["user_id", "item_id", "timestamp", "position"]).astype(
+            {"timestamp": "int64", "position": "int64"})
+        frame = frame.sample(frac=1, random_state=0) if shuffle else frame.sort_values(["user_id", "position"])
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    pd.DataFrame({"item_id": list(titles), "title": list(titles.values())}).to_parquet(
+        folder / "items.parquet", index=False)
     return folder
 
 

@@ -21,23 +21,16 @@ from genrec.config.params import Params
 from genrec.stages import mostpop
 from genrec.stages import sasrec as sasrec_stage
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 NUM_ITEMS = 100
 SEQUENCE_LENGTH = 10
 
 
 def write_split(folder, sequences: list[list[int]]) -> None:
-    """Leave-one-out parquet files (split stage layout) for per-user item sequences."""
-    rows = {"train": [], "valid": [], "test": []}
-    for u, sequence in enumerate(sequences):
-        for position, item in enumerate(sequence):
-            part = "test" if position == len(sequence) - 1 else "valid" if position == len(sequence) - 2 else "train"
-            rows[part].append({"user_id": f"u{u:03d}", "item_id": f"i{item:03d}", "timestamp": 1000 * u + position,
-                               "position": position})
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, records in rows.items():
-        pd.DataFrame(records).to_parquet(folder / f"{name}.parquet", index=False)
-    pd.DataFrame({"item_id": [f"i{i:03d}" for i in range(NUM_ITEMS)],
-                  "title": [f"Item {i}" for i in range(NUM_ITEMS)]}).to_parquet(folder / "items.parquet", index=False)
+    """The split of integer sequences: users u000, u001..., items i000...i099 titled "Item <n>"."""
+    tiny_genrec.write_split(folder, {f"u{u:03d}": [f"i{item:03d}" for item in seq] for u, seq in enumerate(sequences)},
+                            titles={f"i{i:03d}": f"Item {i}" for i in range(NUM_ITEMS)})
 
 
 def cyclic_sequences(users: int, seed: int) -> list[list[int]]:

@@ -29,18 +29,7 @@ SEQUENCES = {
 
 
 def write_split(folder: Path, sequences: dict = SEQUENCES, shuffle: bool = False) -> Path:
-    rows = {"train": [], "valid": [], "test": []}
-    for user, items in sequences.items():
-        for pos, item in enumerate(items):
-            name = "test" if pos == len(items) - 1 else "valid" if pos == len(items) - 2 else "train"
-            rows[name].append({"user_id": user, "item_id": item, "timestamp": 1000 + pos, "position": pos})
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, records in rows.items():
-        df = pd.DataFrame(records).astype({"timestamp": "int64", "position": "int64"})
-        df = df.sample(frac=1, random_state=0) if shuffle else df.sort_values(["user_id", "position"])
-        df.to_parquet(folder / f"{name}.parquet", index=False)
-    pd.DataFrame({"item_id": list(TITLES), "title": list(TITLES.values())}).to_parquet(folder / "items.parquet")
-    return folder
+    return tiny_genrec.write_split(folder, sequences, TITLES, timestamp=lambda u, p: 1000 + p, shuffle=shuffle)
 
 
 def params(**prompts) -> Params:

@@ -14,6 +14,8 @@ from genrec.errors import DataError
 from genrec.config.params import LoraParams, Params, TrainParams
 from genrec.data.prompts import PromptTemplate
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 TITLES = [f"Film number {n}, The ({1950 + n})" for n in range(30)]
 
 
@@ -191,20 +193,11 @@ def test_verify_adapter_fails_loudly_on_empty_or_untrained_adapters(tmp_path):
 
 def write_split(folder: Path) -> Path:
     """A leave-one-out split whose valid and test items appear in no training sequence."""
-    import pandas as pd
-
-    folder.mkdir(parents=True)
-    pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES))], "title": TITLES}).to_parquet(
-        folder / "items.parquet")
-    rows = {"train": [], "valid": [], "test": []}
-    for u in range(4):
-        train_items = [(u * 3 + p) % 20 for p in range(6 + u)]  # items 0..19 only
-        for p, item in enumerate(train_items + [20 + u, 25 + u]):  # valid: 20-23, test: 25-28
-            name = "train" if p < len(train_items) else "valid" if item < 25 else "test"
-            rows[name].append({"user_id": f"u{u}", "item_id": str(item), "position": p, "timestamp": p})
-    for name, part in rows.items():
-        pd.DataFrame(part).to_parquet(folder / f"{name}.parquet")
-    return folder
+    train = {u: [(u * 3 + p) % 20 for p in range(6 + u)] for u in range(4)}  # items 0..19 only
+    sequences = {f"u{u}": [str(i) for i in items + [20 + u, 25 + u]]  # valid: 20-23, test: 25-28
+                 for u, items in train.items()}
+    return tiny_genrec.write_split(folder, sequences, {str(i): t for i, t in enumerate(TITLES)},
+                                   timestamp=lambda u, p: p)
 
 
 def test_sequence_documents_hold_training_items_only(tokenizer, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from genrec.models.p5 import model as p5
@@ -14,20 +13,12 @@ from genrec.config.params import P5Params, Params
 from genrec.models.p5.model import build_index, split_records
 from genrec.data.sequences import load_sequences
 
+import tiny_genrec  # tests/ is on pytest's pythonpath (pyproject.toml)
+
 
 def write_split(folder, sequences: dict[str, list[str]], extra_items: tuple[str, ...] = ()):
     """Leave-one-out parquet files (last item test, second-last valid) and a catalogue."""
-    rows = {"train": [], "valid": [], "test": []}
-    for user, items in sequences.items():
-        for pos, item in enumerate(items):
-            name = "test" if pos == len(items) - 1 else "valid" if pos == len(items) - 2 else "train"
-            rows[name].append({"user_id": user, "item_id": item, "timestamp": 100 + pos, "position": pos})
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, records in rows.items():
-        pd.DataFrame(records).astype({"timestamp": "int64", "position": "int64"}).to_parquet(folder / f"{name}.parquet")
-    items = sorted({i for s in sequences.values() for i in s} | set(extra_items))
-    pd.DataFrame({"item_id": items, "title": [f"Title {i}" for i in items]}).to_parquet(folder / "items.parquet")
-    return folder
+    return tiny_genrec.write_split(folder, sequences, extra_items=extra_items, timestamp=lambda u, p: 100 + p)
 
 
 SEQUENCES = {"a": ["10", "11", "12", "13", "14", "15"], "b": ["20", "10", "21", "22"], "c": ["12", "30", "31"]}

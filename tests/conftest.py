@@ -1,11 +1,19 @@
-"""Shared fixtures: where the read-only data mirror is, and the project root."""
+"""Shared fixtures: where the read-only data mirror is, the project root, and local servers run as processes."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +30,70 @@ def data_mirror() -> Path:
     if not (mirror / "ml-latest-small" / "ratings.csv").exists():
         pytest.fail(f"no ml-latest-small under {mirror}: set GENREC_DATA_MIRROR to the shared data folder")
     return mirror.resolve()
+
+
+def tool_env(**extra: str) -> dict:
+    """This environment with this interpreter's bin folder first (so `mlflow`, `dvc` and `genrec` are the
+    installed ones), MLflow telemetry off and passive OpenMP threads; `extra` variables on top."""
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(command: Callable[[int], list[str]], health: str, log_path: Path, timeout_s: float,
+                   cwd: Path | None = None, **env: str) -> Iterator[str]:
+    """Run `command(port)` on a free 127.0.0.1 port in its own session and `tool_env(**env)`, output to
+    `log_path`; yield its URL once GET <url><health> answers 2xx. The test fails with the log's tail if the
+    process exits or `timeout_s` passes first. On exit the whole process group (a CLI's server workers,
+    `make`'s children) gets SIGTERM, then SIGKILL after 30 s."""
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command(port), cwd=cwd, env=tool_env(**env), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answers(url + health):
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = f"exit {process.returncode}" if process.returncode is not None else f"{timeout_s} s passed"
+                pytest.fail(f"{url} not up ({state}); {log_path}:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop_group(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the group is gone already
+        process.wait()
+        return
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Callable:
+    """`running_server` for fixtures of any scope: `with local_server(lambda port: [...], "/health", log,
+    timeout_s) as url:`."""
+    return running_server
 
 
 @pytest.fixture(autouse=True, scope="session")

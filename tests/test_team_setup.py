@@ -13,14 +13,11 @@ import filecmp
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
@@ -97,45 +94,14 @@ def test_a_fresh_clone_pulls_the_pipeline_from_a_folder_remote_and_has_nothing_t
     assert "Running stage" not in _run(["dvc", "repro", "prompts"], clone, env)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(root, tmp_path):
+def server(root, tmp_path, local_server):
     """`make server` in tmp_path (its default store and artifact folder land there) on a free port."""
     if shutil.which("make") is None:
         pytest.skip("needs GNU make (apt-get install -y make): the test starts the server with `make server`")
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(_make("-f", str(root / "Makefile"), "server", f"SERVER_PORT={port}"),
-                                   cwd=tmp_path, env=_tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"`make server` exited:\n{log_path.read_text()}"
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"no server at {url} after {SERVER_START_TIMEOUT_S} s"
-            time.sleep(0.5)
+    with local_server(lambda port: _make("-f", str(root / "Makefile"), "server", f"SERVER_PORT={port}"),
+                      "/health", tmp_path / "server.log", SERVER_START_TIMEOUT_S, cwd=tmp_path) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # make, mlflow and its workers: the group started above
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.mark.slow

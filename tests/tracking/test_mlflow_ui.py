@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from genrec.tracking import registry
 from genrec.tracking import runs as tracking
@@ -76,14 +70,8 @@ def seed_store(params: Params) -> None:
     mlc.set_registered_model_alias(name, registry.CHAMPION, version.version)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
+def ui(tmp_path_factory, local_server):
     require_browser()
     tmp = tmp_path_factory.mktemp("ui")
     store = os.environ.get("GENREC_UI_STORE") or f"sqlite:///{tmp / 'mlflow.db'}"
@@ -91,41 +79,10 @@ def ui(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if not os.environ.get("GENREC_UI_STORE"):
         seed_store(params)
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (tmp / "ui.log").open("w")
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui not up (exit {proc.poll()}):\n{(tmp / 'ui.log').read_text()[-3000:]}")
-            time.sleep(1)
+    with local_server(lambda port: ["mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+                                    "--port", str(port), "--workers", "1"],
+                      "/health", tmp / "ui.log", START_TIMEOUT_S) as url:
         yield {"url": url, "params": params, "tmp": tmp}
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def latest_runs(params: Params) -> dict:

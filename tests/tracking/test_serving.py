@@ -6,14 +6,6 @@ stopped (its whole process group: the MLflow CLI starts uvicorn as a child).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import requests
@@ -26,53 +18,16 @@ import tiny_genrec as tiny  # tests/ is on pytest's pythonpath (pyproject.toml)
 START_TIMEOUT_S = 240  # the CLI imports MLflow, then the model loads torch and transformers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it is still there after 20 s."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, local_server):
     w = tiny.world(tmp_path_factory.mktemp("serving"))
     tiny.promote(w, "first", seed=7, valid_ranks=[1, 2], test_ranks=[2, None])
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": w["params"].tracking.uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "OMP_WAIT_POLICY": "PASSIVE", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (w["tmp"] / "serve.log").open("w")
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", registry.champion_uri(w["params"]),
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=w["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server not up (exit {proc.poll()}):\n{(w['tmp'] / 'serve.log').read_text()[-3000:]}")
-            time.sleep(1)
+    model = registry.champion_uri(w["params"])
+    with local_server(lambda port: ["mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+                                    "-h", "127.0.0.1", "-p", str(port)],
+                      "/ping", w["tmp"] / "serve.log", START_TIMEOUT_S, cwd=w["tmp"],
+                      MLFLOW_TRACKING_URI=w["params"].tracking.uri) as url:
         yield {**w, "url": url}
-    finally:
-        stop(proc)
-        log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/ping", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 @pytest.mark.slow

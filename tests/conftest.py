@@ -100,7 +100,7 @@ def local_server() -> Callable:
 def no_outside_mlflow_store():
     """Tests never write to the caller's MLflow store: MLFLOW_TRACKING_URI, which genrec lets override
     `tracking.uri`, is unset for the session. genrec itself leaves no tracking URI behind (checked in
-    tests/test_tracking.py and tests/test_registry.py), so nothing needs undoing between modules."""
+    tests/tracking/test_tracking.py and tests/tracking/test_registry.py), so nothing needs undoing between modules."""
     before = os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     if before is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, read_catalogue, read_records, user_exclusions,
                                with_split_history)
 from genrec.io import atomic_path
-from genrec.evaluation.metrics import ranking_metrics, target_rank
+from genrec.evaluation.metrics import metric_label, metric_names, parse_metric, ranking_metrics, target_rank
 from genrec.config.params import EvalParams
 from genrec.data.prompts import PromptTemplate
 from genrec.evaluation.outputs import sample_users
@@ -26,7 +26,8 @@ from genrec.decoding.trie import Catalogue
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("step", "tokens", "train_seconds", "loss", "hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10", "users")
+COLUMNS = ("step", "tokens", "train_seconds", "loss", "users")
+"""curve.csv's columns besides the ranking metrics, which follow eval.k (`metric_names`) between loss and users."""
 
 
 @dataclass
@@ -77,7 +78,7 @@ def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf1
     ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
              for r, entries in zip(data.records, lists)]
     metrics = ranking_metrics(ranks, data.eval_params.k, 1, data.eval_params.seed)
-    return {key: value for key, value in metrics.items() if key.startswith(("hr_at_", "ndcg_at_"))}
+    return {key: metrics[key] for key in metric_names(data.eval_params.k)}
 
 
 def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData, every: int | None,
@@ -122,23 +123,34 @@ def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData
     return LearningCurve()
 
 
+def _is_metric(key: str) -> bool:
+    try:
+        parse_metric(key)
+    except ValueError:
+        return False
+    return True
+
+
 def write_curve(out_dir: Path, points: list[dict], title: str) -> None:
-    """`curve.csv` (one row a point; a DVC plot) and `curve.png` (HR@10 and NDCG@10 against tokens seen)."""
+    """`curve.csv` (one row a point; a DVC plot) and `curve.png` (HR and NDCG at the largest k against tokens
+    seen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = [key for key in (points[0] if points else {}) if _is_metric(key)]
+    shown = [name for name in names if parse_metric(name)[1] == max(parse_metric(n)[1] for n in names)]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         with (tmp / "curve.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=[*COLUMNS[:-1], *names, COLUMNS[-1]], extrasaction="ignore")
             writer.writeheader()
             writer.writerows(points)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         tokens = [p["tokens"] / 1e3 for p in points]
-        for key in ("hr_at_10", "ndcg_at_10"):
-            ax.plot(tokens, [p.get(key) for p in points], marker="o", label=key.replace("_at_", "@").upper())
+        for key in shown:
+            ax.plot(tokens, [p.get(key) for p in points], marker="o", label=metric_label(key))
         ax.set_xlabel("training tokens seen (thousands)")
         ax.set_ylabel(f"validation, {points[-1]['users'] if points else 0} users")
         ax.set_title(title, fontsize=9)

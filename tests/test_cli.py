@@ -77,3 +77,21 @@ def test_a_params_file_with_a_yaml_syntax_error_exits_2_naming_the_line(tmp_path
     assert result.exit_code == 2, result.output
     assert f"Error: {tmp_path / 'params.yaml'}, line 3: not valid YAML" in result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_every_model_command_comes_from_the_model_table():
+    """The CLI builds each model's commands from genrec.models.table: a stage module per command, and each
+    declared path option shown."""
+    import importlib
+
+    from genrec.cli import OPTIONS, stage_command
+    from genrec.models.table import MODELS, Command
+
+    for entry in MODELS.values():
+        for command in entry.commands:
+            assert command.name in main.commands, command.name
+            assert callable(importlib.import_module(f"genrec.stages.{command.name}").run)
+    new = stage_command("itemknn", "Item-kNN.", Command("itemknn", "", ("processed", "results")).options)
+    flags = {opt for p in new.params for opt in p.opts}
+    assert {"--params", "--set", "--processed", "--metrics", "--predictions"} <= flags
+    assert set(OPTIONS) >= {o for e in MODELS.values() for c in e.commands for o in c.options}

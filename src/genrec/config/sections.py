@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from genrec.config.values import (SECTION, AdamW, Bool, CutOffs, Device, Dtype, EvalDtype, EvalSplit, Float,
-                                  HistoryFormat, IngestFormat, Int, LrScheduler, ModelInit, P5Indexing,
+                                  HistoryFormat, IndexMethod, IndexMethods, IngestFormat, Int, LrScheduler, ModelInit,
                                   PromoteMetric, ResumeMode, SasrecSelect, Sha256, Text, Texts, TrainFormat, related)
 
 
@@ -207,21 +207,55 @@ class EvalParams:
 
 
 @dataclass(frozen=True, config=SECTION)
+class IndexParams:
+    methods: IndexMethods = Field(default_factory=lambda: ["random", "sequential", "collaborative", "semantic"])
+    """Item representations the `index` stage builds (data/index/<dataset>/<method>/)."""
+    p5: IndexMethods = Field(default_factory=lambda: ["random", "semantic"])
+    """The representations `dvc repro` trains a P5 on (one p5_train/p5_evaluate per dataset and name)."""
+    seed: Int = Field(42, ge=0)
+    """Seed of the random permutation and of the clusterings."""
+    levels: Int = Field(3, ge=1, le=8)
+    """Semantic: residual k-means levels before the last code that separates collisions (TIGER: 3)."""
+    codebook_size: Int = Field(64, ge=2)
+    """Semantic: centroids per level (TIGER: 256, for 12k items with a GPU's training budget)."""
+    cluster_levels: Int = Field(2, ge=1, le=8)
+    """Collaborative: levels of spectral clustering before the last code."""
+    clusters: Int = Field(32, ge=2)
+    """Collaborative: clusters per level (OpenP5's CID: 20)."""
+    embedding_model: Text | None = None
+    """Semantic: model whose mean-pooled hidden states embed the titles; None: the project's backbone
+    (models/base, offline), else an HF id (a hub must be reachable) or a local folder."""
+    embedding_batch: Int = Field(64, ge=1)
+    """Titles embedded per forward pass."""
+
+    @model_validator(mode="after")
+    def _p5_within_methods(self) -> IndexParams:
+        missing = [m for m in self.p5 if m not in self.methods]
+        if missing:
+            raise related("p5", f"{missing[0]!r} is not built: add it to index.methods {self.methods}")
+        return self
+
+
+@dataclass(frozen=True, config=SECTION)
 class P5Params:
     backbone: Text = "scratch"
     """`scratch` (offline default: a shrunk T5-small-shaped model, random init, own tokenizer), `t5-small`,
     or any T5 HF id / local dir."""
-    indexing: P5Indexing = "random"
-    """Item ids: `random` (seeded permutation) | `sequential` (order of first appearance in TRAINING data)."""
+    indexing: IndexMethod = "random"
+    """How P5 names items: an index of the `index` stage (random | sequential | collaborative | semantic);
+    dvc.yaml trains one P5 per name in `index.p5`."""
     seed: Int = Field(42, ge=0)
-    """Seed of the random indexing, the phrasing choice, the weight init and the data order."""
+    """Seed of the phrasing choice, the weight init and the data order."""
     max_history: Int | None = Field(None, ge=1)
-    """Latest history items in a prompt; None: prompts.max_history (ids are one token each, so more fit)."""
+    """Latest history items in a prompt; None: prompts.max_history."""
+    train_targets: Annotated[Int, Field(ge=1)] | Literal["all"] | None = None
+    """Training records per user: the last N training positions, or "all" (every position: a sliding window,
+    as TIGER trains); None: prompts.train_targets (GenRec's positions)."""
     max_input_tokens: Int = Field(256, ge=1)
     """Encoder token budget; the oldest history items are dropped to fit."""
-    d_model: Int = Field(256, ge=1)
-    """Scratch only: hidden size (T5-small: 512)."""
-    d_ff: Int = Field(1024, ge=1)
+    d_model: Int = Field(128, ge=1)
+    """Scratch only: hidden size (T5-small: 512; TIGER: 128)."""
+    d_ff: Int = Field(512, ge=1)
     """Scratch only: feed-forward size (T5-small: 2048)."""
     num_layers: Int = Field(4, ge=1)
     """Scratch only: encoder layers, and as many decoder layers (T5-small: 6)."""

@@ -44,6 +44,9 @@ class ModelEntry:
     """Its CLI commands (none when another model's command writes it, e.g. genrec+sasrec)."""
     promotable: bool = False
     """The registry may hold and serve it (`genrec promote`)."""
+    representation: str = ""
+    """How it names items (title, an index method of `genrec.indexing`, or id for scoring models); the report
+    tests every variant of a family against the family's `DEFAULT_REPRESENTATION`."""
 
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
@@ -55,22 +58,39 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                          Command("evaluate", "Generative top-k (10-beam search, constrained to catalogue titles) "
                                  "and HR/NDCG for every user.",
                                  ("base", "model_optional", "prompts", "processed", "results", "assistant"))),
-               promotable=True),
+               promotable=True, representation="title"),
     ModelEntry("genrec+sasrec", "GenRec+SASRec", "generative",
-               "GenRec's beam search with SASRec's title probabilities mixed in (D3's text-free assistant)"),
-    ModelEntry("p5", "P5", "generative", "T5 over item ids, a beam search constrained to real ids",
-               commands=(Command("p5_train", "Train the P5 baseline (T5 over item IDs) on the same split and "
-                                 "training positions.", ("processed", "out_p5")),
-                         Command("p5_evaluate", "Evaluate P5 with the same protocol: 10-beam search constrained "
-                                 "to real item IDs.", ("processed", "model_p5", "results")))),
+               "GenRec's beam search with SASRec's title probabilities mixed in (D3's text-free assistant)",
+               representation="title"),
+    *(ModelEntry(f"p5-{index}", f"P5 [{index}]", "generative", f"T5 over {words}, a beam search constrained to "
+                 "real items' codes", representation=index,
+                 commands=(Command("p5_train", "Train a P5 (T5 over item codes) on an item index, the same split and "
+                                   "training positions.", ("processed", "index", "out_p5")),
+                           Command("p5_evaluate", "Evaluate P5 with the same protocol: 10-beam search constrained "
+                                   "to real items' codes.", ("processed", "model_p5", "results")))
+                 if index == "random" else ())
+      for index, words in (("random", "random item ids"), ("semantic", "semantic ids (TIGER-style)"),
+                           ("collaborative", "collaborative ids (OpenP5's CID)"),
+                           ("sequential", "sequential ids (leaky)"))),
     ModelEntry("sasrec", "SASRec", "scoring", "self-attentive sequential model, full-catalogue softmax",
                commands=(Command("sasrec", "SASRec anchor: self-attentive sequential model, full-catalogue "
-                                 "cross-entropy and ranking.", ("processed", "out_sasrec", "results")),)),
+                                 "cross-entropy and ranking.", ("processed", "out_sasrec", "results")),),
+               representation="id"),
     ModelEntry("mostpop", "MostPop", "scoring", "the most popular training items the user does not have",
                commands=(Command("mostpop", "MostPop anchor: the most popular training items, excluding the "
                                  "user's history.", ("processed", "results")),)),
 )}
-"""Every model, in the order of the report's rows."""
+"""Every model, in the order of the report's rows. The P5 family has one entry per item index (`p5-<index>`, one
+dvc.yaml stage pair per name in `index.p5`); its commands hang on p5-random, the others share them."""
+
+DEFAULT_REPRESENTATION = {"p5": "p5-random", "genrec": "genrec"}
+"""Per family (the name before the first '-'), the model its other representations are tested against."""
+
+
+def family_default(name: str) -> str | None:
+    """The model `name` is compared with on the representation axis: its family's default, or None (it is one)."""
+    default = DEFAULT_REPRESENTATION.get(name.split("-")[0])
+    return default if default and default != name else None
 
 
 def order_key(name: str) -> tuple[int, str]:

@@ -1,10 +1,14 @@
-"""P5 inference: load a checkpoint and rank one-token items for each user, as HF's beam search would.
+"""P5 inference: load a checkpoint and rank items for each user with a beam search over their code tuples.
 
-Every item id is one token, so a constrained beam is the item token then EOS. HF's beam search
-(`generate(num_beams=K, prefix_allowed_tokens_fn=...)`) then keeps the K items of highest
-log p(item), finishes each with EOS and ranks them by (log p(item) + log p(EOS | item)) / 2**length_penalty.
-`rank_constrained` computes exactly that in two batched decoder calls (no beam bookkeeping);
-`rank_generate` runs HF `generate`, used for the unconstrained mode and, in the tests, to show both agree.
+An item is its index's code tokens then EOS (one code for random or sequential ids, a tuple for the
+collaborative and semantic indexes), every item the same number of tokens. `rank_constrained` runs the
+beam search HF's `generate(num_beams=K, prefix_allowed_tokens_fn=<the code trie>)` runs, batched over users
+with the encoder run once per user: at every step the K best (beam, allowed code) continuations by summed
+log-probability go on; every path reaches EOS at the same step, so the finished beams are the last K, scored
+sum(log p) / (depth + 1)**length_penalty. The trie (`genrec.decoding.trie`, as GenRec's titles use) has one
+leaf per item, and a user's history items are closed to them (`excluded_node_keys`), so a beam is always an
+item the user does not have. `rank_generate` runs HF `generate`: the unconstrained mode and, in the tests,
+the reference the batched search must equal.
 """
 
 from __future__ import annotations
@@ -35,22 +39,30 @@ def load_model(model_dir: Path, dtype: str, device: str = "auto"):
     return model.to(choose_device(device)).eval(), tokenizer
 
 
-def rank_users(model, inputs: list[list[int]], item_tokens: np.ndarray, excluded, e: EvalParams,
+def rank_users(model, inputs: list[list[int]], code_ids: np.ndarray, excluded, e: EvalParams,
                tokenizer) -> list[list[tuple]]:
-    """Beams per user, best first, `eval.batch_size` users at a time (see `rank_constrained`, `rank_generate`)."""
+    """Beams per user, best first, `eval.batch_size` users at a time (see `rank_constrained`, `rank_generate`).
+
+    Args:
+        code_ids: [items, depth] code token ids of each catalogue item (its ordinal = its leaf in the trie).
+        excluded: per user, catalogue ordinals it may not be recommended (constrained only), or None.
+    """
     from tqdm import tqdm
 
+    from genrec.decoding.trie import build_title_trie
+
+    trie = build_title_trie(code_ids.tolist(), tokenizer.eos_token_id).to(model.device) if e.constrained else None
     out = []
     for begin in tqdm(range(0, len(inputs), e.batch_size), desc="p5 beam search", unit="batch"):
         chunk = inputs[begin:begin + e.batch_size]
         chunk_excluded = excluded[begin:begin + e.batch_size] if excluded is not None else None
         if e.constrained:
-            out += rank_constrained(model, chunk, item_tokens, chunk_excluded, e.num_beams, e.length_penalty,
-                                    tokenizer.pad_token_id, tokenizer.eos_token_id)
+            out += rank_constrained(model, chunk, trie, chunk_excluded, e.num_beams, e.length_penalty,
+                                    tokenizer.pad_token_id)
         else:
-            out += rank_generate(model, chunk, item_tokens, None, e.num_beams, e.length_penalty,
+            out += rank_generate(model, chunk, code_ids, None, e.num_beams, e.length_penalty,
                                  tokenizer.pad_token_id, tokenizer.eos_token_id, constrained=False,
-                                 max_new_tokens=e.max_new_tokens or 2)
+                                 max_new_tokens=e.max_new_tokens or code_ids.shape[1] + 1)
     return out
 
 
@@ -66,89 +78,106 @@ def pad(inputs: Sequence[Sequence[int]], pad_id: int, device):
     return ids.to(device), mask.to(device)
 
 
-def allowed_mask(vocab_size: int, item_tokens: np.ndarray, excluded, users: int, device):
-    """[users, vocab] bool: item tokens, minus each user's excluded ones."""
-    import torch
+def rank_constrained(model, inputs, trie, excluded, num_beams: int, length_penalty: float,
+                     pad_id: int) -> list[list[tuple[int, float, list[int]]]]:
+    """HF's beam search constrained to the code trie, batched (see the module docstring).
 
-    allowed = torch.zeros((users, vocab_size), dtype=torch.bool, device=device)
-    allowed[:, torch.as_tensor(item_tokens, device=device)] = True
-    for row, tokens in enumerate(excluded or []):
-        allowed[row, list(tokens)] = False
-    return allowed
-
-
-def rank_constrained(model, inputs, item_tokens: np.ndarray, excluded, num_beams: int, length_penalty: float,
-                     pad_id: int, eos_id: int) -> list[list[tuple[int, float, list[int]]]]:
-    """HF's constrained beam search for one-token items, computed directly (see the module docstring).
-
-    Every beam finishes at the second step, so HF's stopping rules (`early_stopping`) cannot change the result.
+    Args:
+        trie: `build_title_trie` over every item's code tokens (leaf i = catalogue ordinal i), on the model's device.
+        excluded: per user, catalogue ordinals closed to it, or None.
 
     Returns:
-        Per user, up to `num_beams` (item token, score, generated tokens) triples, best first; fewer
-        when fewer items are allowed.
+        Per user, up to `num_beams` (catalogue ordinal, score, generated tokens without EOS) triples, best
+        first; fewer when fewer items are open to the user.
     """
     import torch
 
+    from genrec.decoding.trie import advance, allowed_tokens, excluded_node_keys
+
+    users, device = len(inputs), model.device
+    closed = excluded_node_keys(trie, excluded).to(device) if excluded is not None else None
     with torch.inference_mode():
-        ids, mask = pad(inputs, pad_id, model.device)
+        ids, mask = pad(inputs, pad_id, device)
         encoded = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        start = torch.full((len(inputs), 1), model.config.decoder_start_token_id, device=model.device)
-        first = model(encoder_outputs=(encoded,), attention_mask=mask, decoder_input_ids=start).logits[:, -1]
-        log_probs = torch.log_softmax(first.float(), dim=-1)
-        allowed = allowed_mask(log_probs.shape[-1], item_tokens, excluded, len(inputs), model.device)
-        top = log_probs.masked_fill(~allowed, -torch.inf).topk(min(num_beams, len(item_tokens)), dim=-1)
-        k = top.indices.shape[1]
-        decoder = torch.cat([start.repeat_interleave(k, 0), top.indices.reshape(-1, 1)], dim=1)
-        second = model(encoder_outputs=(encoded.repeat_interleave(k, 0),), attention_mask=mask.repeat_interleave(k, 0),
-                       decoder_input_ids=decoder).logits[:, -1]
-        eos = torch.log_softmax(second.float(), dim=-1)[:, eos_id].view(len(inputs), k)
-        scores = (top.values + eos) / 2 ** length_penalty
+        start = model.config.decoder_start_token_id
+        # Per user `width` beams (1 at the root); a beam's score is -inf where it does not exist.
+        tokens = torch.empty((users, 1, 0), dtype=torch.long, device=device)
+        scores = torch.zeros((users, 1), device=device)
+        nodes = torch.zeros((users, 1), dtype=torch.long, device=device)
+        for _ in range(trie.max_length):
+            width = tokens.shape[1]
+            flat = tokens.reshape(users * width, -1)
+            decoder = torch.cat([torch.full((flat.shape[0], 1), start, device=device), flat], dim=1)
+            logits = model(encoder_outputs=(encoded.repeat_interleave(width, 0),),
+                           attention_mask=mask.repeat_interleave(width, 0), decoder_input_ids=decoder).logits[:, -1]
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            user_of = torch.arange(users, device=device).repeat_interleave(width)
+            rows, allowed = allowed_tokens(trie, nodes.flatten(), user_of, closed)
+            vocab = log_probs.shape[-1]
+            candidates = torch.full_like(log_probs, -torch.inf)
+            candidates[rows, allowed] = scores.flatten()[rows] + log_probs[rows, allowed]
+            top = candidates.view(users, width * vocab).topk(min(num_beams, width * vocab), dim=-1)
+            beam, token = top.indices // vocab, top.indices % vocab
+            tokens = torch.cat([torch.gather(tokens, 1, beam.unsqueeze(-1).expand(-1, -1, tokens.shape[2])),
+                                token.unsqueeze(-1)], dim=2)
+            nodes = advance(trie, torch.gather(nodes, 1, beam).flatten(), token.flatten()).view(users, -1)
+            scores = top.values
+    final = (scores / trie.max_length ** length_penalty).tolist()
+    leaves = trie.node_title[nodes.flatten()].view(users, -1).tolist()
     out = []
-    for row_tokens, row_scores in zip(top.indices.tolist(), scores.tolist()):
-        beams = [(t, s, [t]) for t, s in zip(row_tokens, row_scores) if np.isfinite(s)]
-        out.append(sorted(beams, key=lambda b: -b[1]))
+    for user_leaves, user_scores, user_tokens in zip(leaves, final, tokens[:, :, :-1].tolist()):
+        out.append([(leaf, score, generated) for leaf, score, generated in zip(user_leaves, user_scores, user_tokens)
+                    if np.isfinite(score) and leaf >= 0])
     return out
 
 
-def rank_generate(model, inputs, item_tokens: np.ndarray, excluded, num_beams: int, length_penalty: float,
+def rank_generate(model, inputs, code_ids: np.ndarray, excluded, num_beams: int, length_penalty: float,
                   pad_id: int, eos_id: int, constrained: bool = True,
-                  max_new_tokens: int = 2) -> list[list[tuple[int | None, float, list[int]]]]:
-    """HF `generate` beam search, constrained to an allowed item token + EOS, or free (`constrained=False`).
+                  max_new_tokens: int | None = None) -> list[list[tuple[int | None, float, list[int]]]]:
+    """HF `generate` beam search, constrained to the code tuples of allowed items + EOS, or free.
 
     Returns:
-        Per user, `num_beams` (item token, or None when the beam is not exactly one item + EOS; score;
-        generated tokens without EOS and padding) triples, best first.
+        Per user, `num_beams` (catalogue ordinal, or None when the beam is not exactly one item's codes + EOS;
+        score; generated tokens without EOS and padding) triples, best first.
     """
     import torch
 
-    items = set(int(t) for t in item_tokens)
+    item_of = {tuple(codes): item for item, codes in enumerate(code_ids.tolist())}
+    depth = code_ids.shape[1]
+    allowed_next: dict[tuple[int, ...], set[int]] = {}
+    for codes in item_of:
+        for level in range(depth):
+            allowed_next.setdefault(codes[:level], set()).add(codes[level])
 
     def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:
-        if len(sent) > 1:  # after the decoder start token and one item: only EOS
+        prefix = tuple(sent[1:].tolist())  # after the decoder start token
+        if len(prefix) == depth:
             return [eos_id]
-        return sorted(items - set(excluded[batch_id])) if excluded else sorted(items)
+        closed = {tuple(code_ids[i].tolist()) for i in excluded[batch_id]} if excluded else set()
+        return sorted(c for c in allowed_next.get(prefix, ())
+                      if any(codes[:len(prefix) + 1] == prefix + (c,) and codes not in closed for codes in item_of))
 
     ids, mask = pad(inputs, pad_id, model.device)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, num_return_sequences=num_beams,
-                             do_sample=False, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
-                             early_stopping=False, output_scores=True, return_dict_in_generate=True,
-                             prefix_allowed_tokens_fn=allowed if constrained else None,
+                             do_sample=False, max_new_tokens=max_new_tokens or depth + 1,
+                             length_penalty=length_penalty, early_stopping=False, output_scores=True,
+                             return_dict_in_generate=True, prefix_allowed_tokens_fn=allowed if constrained else None,
                              eos_token_id=eos_id, pad_token_id=pad_id)
     sequences, scores = out.sequences[:, 1:].tolist(), out.sequences_scores.tolist()
     beams = []
     for seq, score in zip(sequences, scores):
         body = [t for t in seq if t != pad_id]
-        ok = len(body) == 2 and body[1] == eos_id and body[0] in items
-        beams.append((body[0] if ok else None, score, [t for t in body if t != eos_id]))
+        ok = len(body) == depth + 1 and body[-1] == eos_id and tuple(body[:-1]) in item_of
+        beams.append((item_of[tuple(body[:-1])] if ok else None, score, [t for t in body if t != eos_id]))
     return [beams[i:i + num_beams] for i in range(0, len(beams), num_beams)]
 
 
-def ranked_entries(beams, item_of_token: dict[int, str], titles: dict[str, str], tokenizer) -> list[dict]:
+def ranked_entries(beams, item_ids: Sequence[str], titles: dict[str, str], tokenizer) -> list[dict]:
     """Beams as the evaluate stage's list entries {title, item_ids, score}; title None marks a non-item beam."""
     entries = []
-    for token, score, generated in beams:
-        item = item_of_token.get(token) if token is not None else None
+    for ordinal, score, generated in beams:
+        item = item_ids[ordinal] if ordinal is not None else None
         entries.append({"title": titles[item] if item else None, "item_ids": [item] if item else [],
                         "score": round(score, 6), **({} if item else {"text": tokenizer.decode(generated)})})
     return entries

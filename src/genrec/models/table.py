@@ -59,6 +59,10 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                                  "and HR/NDCG for every user.",
                                  ("base", "model_optional", "prompts", "processed", "results", "assistant"))),
                promotable=True, representation="title"),
+    *(ModelEntry(f"genrec-{index}", f"GenRec [{index}]", "generative", f"GenRec generating {words} (new tokens "
+                 "trained with the adapter) instead of titles", representation=index)
+      for index, words in (("semantic", "semantic ids, as LC-Rec"), ("collaborative", "collaborative ids"),
+                           ("random", "random ids"), ("sequential", "sequential ids (leaky)"))),
     ModelEntry("genrec+sasrec", "GenRec+SASRec", "generative",
                "GenRec's beam search with SASRec's title probabilities mixed in (D3's text-free assistant)",
                representation="title"),

@@ -25,6 +25,7 @@ from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, load_
                                user_exclusions, with_split_history)
 from genrec.config.params import Params
 from genrec.evaluation.outputs import finish, sample_users, summarise
+from genrec.models.genrec.code_tokens import view_codes
 from genrec.tracking.runs import read_run_id
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                                   "prompt_format": template.format})
     # GenRec's evaluations log into its training run; genrec+sasrec is a model of its own, with its own run
     # (tagged with GenRec's run, whose adapter it uses).
-    name = "genrec" if model_dir is not None else "backbone"
+    codes = view_codes(processed_dir)  # an item view: GenRec on codes is the model genrec-<index>
+    name = ("genrec" if codes is None else f"genrec-{codes.method}") if model_dir is not None else "backbone"
     tracked = model_dir is not None and (Path(model_dir) / "mlflow_run.json").exists()
     run_id = read_run_id(model_dir) if tracked and assistant is None else None
     new_run = {"tags": {"genrec.genrec_run": read_run_id(model_dir)}} if tracked and assistant is not None else None
@@ -90,7 +92,8 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     return finish(params, metrics, predictions, model=name + ("+sasrec" if assistant is not None else ""),
                   metrics_path=metrics_path, predictions_path=predictions_path, processed_dir=processed_dir,
                   started=start, train_seconds=_train_seconds(model_dir), run_id=run_id, new_run=new_run,
-                  device=model.device.type, processes=n_processes)
+                  device=model.device.type, processes=n_processes,
+                  **({"index": codes.method, "index_depth": codes.depth} if codes is not None else {}))
 
 
 def _train_seconds(model_dir: Path | None) -> float | None:

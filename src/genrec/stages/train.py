@@ -34,6 +34,7 @@ from pathlib import Path
 from genrec.models.genrec import sft_loss, sft_trainer
 from genrec.tracking import runs as tracking
 from genrec.models.genrec.backbone import check_local_dir
+from genrec.models.genrec.code_tokens import slim_adapter
 from genrec.models.genrec.curve import curve_data, learning_curve_callback, write_curve
 from genrec.errors import DataError
 from genrec.io import atomic_path, write_json
@@ -271,6 +272,7 @@ def write_outputs(out_dir: Path, adapter_dir: Path, trainer, tokenizer, template
         write_json(tmp / "config.json", config)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))
         tracking.write_run_file(tmp / tracking.RUN_FILE, mlrun)
+        slim_adapter(tmp / "adapter_model.safetensors")  # GenRec on codes: the trained rows, not the whole embedding
         sft_trainer.verify_adapter(tmp, initial)
         mlflow.log_artifacts(str(tmp), artifact_path="model")
         mlflow.log_dict(template.to_dict(), "prompt_template.json")

@@ -130,6 +130,7 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     """
     from genrec.models.device import choose_device
     from genrec.models.genrec.backbone import load_backbone
+    from genrec.models.genrec.code_tokens import resize_for_adapter
 
     target = choose_device(device)
     if model_dir is not None and not (Path(model_dir) / "adapter_model.safetensors").is_file():
@@ -148,7 +149,8 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     template = _template(model_dir / "template.json")
     if (model_dir / "tokenizer_config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    # Merging folds the LoRA product into the weights once, so decoding runs the plain model.
+    resize_for_adapter(model, tokenizer)  # GenRec on an item index: the code tokens added at training
+    # Merging folds the LoRA product (and trained code-token rows) into the weights once: decoding runs the plain model.
     model = PeftModel.from_pretrained(model, model_dir, is_trainable=False).merge_and_unload()
     return model.to(target).eval(), tokenizer, template
 

@@ -13,6 +13,7 @@ from genrec.config.params import LoraParams, Params, TrainParams
 from genrec.data.prompts import PromptTemplate, SequenceEncoder
 from genrec.errors import DataError
 from genrec.models.genrec.backbone import load_backbone
+from genrec.models.genrec.code_tokens import FULL_EMBEDDING, add_code_tokens, trainable_tokens, view_codes
 from genrec.models.genrec.evaluation import pad_token_id
 from genrec.models.genrec.sft_data import (PackedCollator, check_prepared, next_title_dataset, prompt_dataset,
                                           sequence_dataset)
@@ -45,6 +46,8 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
     if dtype is None:
         dtype = "bfloat16" if config.bf16 else "float32"
     model, tokenizer = load_backbone(base_dir, dtype=dtype)
+    codes = view_codes(processed_dir)  # an item view: GenRec on codes, each code a new trainable token
+    code_rows = trainable_tokens(model, add_code_tokens(model, tokenizer, codes)) if codes else None
     if sequence:
         if processed_dir is None:
             raise DataError("the sequence format reads the split", fix="pass --processed data/processed/<dataset>")
@@ -61,7 +64,7 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
         collator = None
     set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
     trainer = (model_loss_trainer(tp.completion_logits_only) if sequence else SFTTrainer)(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
-                         processing_class=tokenizer, peft_config=lora_config(tp.lora), data_collator=collator)
+                         processing_class=tokenizer, peft_config=lora_config(tp.lora, code_rows), data_collator=collator)
     if not sequence:
         stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
     return trainer, stats
@@ -121,18 +124,20 @@ def use_bf16(setting: str | bool, cuda: bool) -> bool:
         return False
 
 
-def lora_config(lp: LoraParams):
+def lora_config(lp: LoraParams, trainable_token_indices: dict[str, list[int]] | None = None):
+    """LoRA on `lp.target_modules`; with `trainable_token_indices`, those embedding rows train too (code tokens)."""
     from peft import LoraConfig
 
     return LoraConfig(r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=list(lp.target_modules),
-                      bias="none", task_type="CAUSAL_LM")
+                      bias="none", task_type="CAUSAL_LM", trainable_token_indices=trainable_token_indices)
 
 
 def lora_state(model) -> dict:
     """A detached copy of the adapter weights, keyed as PEFT saves them."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()
+            if FULL_EMBEDDING not in k}  # as `slim_adapter` leaves the file
 
 
 def verify_adapter(adapter_dir: Path, initial: dict) -> None:

@@ -71,7 +71,7 @@ def test_a_recommender_added_through_the_interface_appears_in_the_report_and_the
 
 def test_the_model_table_orders_known_models_first():
     assert list(MODELS)[:2] == ["genrec", "genrec+sasrec"]
-    names = sorted(["zeta", "mostpop", "alpha", "genrec", "p5"], key=order_key)
-    assert names == ["genrec", "p5", "mostpop", "alpha", "zeta"]
+    names = sorted(["zeta", "mostpop", "alpha", "genrec", "p5-random"], key=order_key)
+    assert names == ["genrec", "p5-random", "mostpop", "alpha", "zeta"]
     assert all(entry.kind in ("generative", "scoring") for entry in MODELS.values())
     assert [e.name for e in MODELS.values() if e.promotable] == ["genrec"]

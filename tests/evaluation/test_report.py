@@ -30,10 +30,10 @@ def test_mismatched_splits_are_refused_naming_both_files():
     with pytest.raises(DataError, match=r"sasrec\.json.*another split than .*genrec\.json"):
         outputs.check_same_split([result("genrec", "abc"), result("sasrec", "xyz")])
     with pytest.raises(DataError, match="another evaluated split"):
-        outputs.check_same_split([result("genrec"), result("p5", split="valid")])
-    missing = result("p5")
+        outputs.check_same_split([result("genrec"), result("p5-random", split="valid")])
+    missing = result("p5-random")
     del missing.metrics["split_fingerprint"]
-    with pytest.raises(DataError, match=r"p5\.json.*no split_fingerprint"):
+    with pytest.raises(DataError, match=r"p5-random\.json.*no split_fingerprint"):
         outputs.check_same_split([result("genrec"), missing])
     assert outputs.check_same_split([result("genrec"), result("mostpop")]) == "abc"
 
@@ -76,10 +76,60 @@ def test_every_model_is_restricted_to_the_references_sample_with_recomputed_inte
 
 def test_no_restriction_without_a_sample_and_a_short_model_is_named():
     same = {"u1": 1, "u2": None}
-    ref, other = result("genrec", ranks=same), result("p5", ranks=dict(same))
+    ref, other = result("genrec", ranks=same), result("p5-random", ranks=dict(same))
     assert comparison.on_reference_users([ref, other], "genrec", 100, 0) == ([ref, other], None)
     assert comparison.on_reference_users([other], "genrec", 100, 0) == ([other], None)  # no reference
     partial = result("sasrec", ranks={"u1": 1, "u3": 1})  # lacks u2, has u3 beyond the sample
     restricted, info = comparison.on_reference_users([ref, partial], "genrec", 100, 0)
     assert set(restricted[1].ranks) == {"u1"} and info["short"] == {"sasrec": 1}
     assert "sasrec lacks 1 of its users" in report.sample_statement(info, 100)
+
+
+def test_a_models_items_come_from_the_model_table_then_its_metrics_file():
+    assert [comparison.representation(result(name)) for name in ("genrec", "p5-semantic", "sasrec")] == [
+        "title", "semantic", "id"]
+    assert comparison.representation(result("mostpop")) == "-"  # in the table, names no items
+    unknown = result("p5-tiger")
+    unknown.metrics["index"] = "tiger"
+    assert comparison.representation(unknown) == "tiger" and comparison.representation(result("zeta")) == "-"
+
+
+def test_representation_pairs_follow_family_defaults_and_the_sasrec_anchor():
+    names = ["genrec", "genrec+sasrec", "p5-random", "p5-semantic", "p5-sequential", "sasrec", "mostpop"]
+    assert comparison.representation_pairs(names) == [
+        ("genrec", "sasrec", "generative vs SASRec"), ("genrec+sasrec", "sasrec", "generative vs SASRec"),
+        ("p5-random", "sasrec", "generative vs SASRec"),
+        ("p5-semantic", "p5-random", "family default"), ("p5-semantic", "sasrec", "generative vs SASRec"),
+        ("p5-sequential", "p5-random", "family default"), ("p5-sequential", "sasrec", "generative vs SASRec")]
+    # a pair needs both of its models: no p5-random, no sasrec
+    assert comparison.representation_pairs(["genrec", "p5-semantic", "mostpop"]) == []
+
+
+def test_representation_tests_are_paired_tests_on_each_pairs_shared_users():
+    p5 = result("p5-random", ranks={f"u{i}": (1 if i % 3 == 0 else None) for i in range(30)})
+    semantic = result("p5-semantic", ranks={f"u{i}": (2 if i % 2 == 0 else None) for i in range(5, 30)})
+    sasrec = result("sasrec", ranks={f"u{i}": (1 if i % 5 == 0 else None) for i in range(30)})
+    genrec = result("genrec", ranks={f"u{i}": 1 for i in range(10)})  # a sample: its pairs use its users
+    metrics = ("hr_at_10", "ndcg_at_10")
+    tests = comparison.representation_tests([genrec, p5, semantic, sasrec], metrics, samples=300, seed=4)
+    assert [(t["model"], t["against"]) for t in tests] == [
+        ("genrec", "sasrec"), ("p5-random", "sasrec"), ("p5-semantic", "p5-random"), ("p5-semantic", "sasrec")]
+    for t in tests:
+        pair = [r for r in (genrec, p5, semantic, sasrec) if r.name in (t["model"], t["against"])]
+        assert t["tests"] == comparison.paired_tests(pair, t["model"], metrics, 300, 4)[t["against"]]
+    by_pair = {(t["model"], t["against"]): t["tests"] for t in tests}
+    assert by_pair["p5-semantic", "p5-random"]["hr_at_10"]["users"] == 25
+    assert by_pair["genrec", "sasrec"]["hr_at_10"]["users"] == 10
+    assert by_pair["genrec", "sasrec"]["hr_at_10"]["diff"] == pytest.approx(1 - 2 / 10)  # the model minus the other
+
+
+def test_the_results_table_names_each_models_items_and_marks_a_leaky_index():
+    leaky = result("p5-sequential")
+    leaky.metrics.update(index="sequential", leaky=True)
+    lines = report.results_table([result("genrec"), result("p5-random"), leaky, result("mostpop")])
+    assert lines[0].startswith("| model | items | users |")
+    rows = [line.split(" | ")[:2] for line in lines[2:6]]
+    assert rows == [["| genrec", "title"], ["| p5-random", "random"], ["| p5-sequential (leaky)", "sequential"],
+                    ["| mostpop", "-"]]
+    assert lines[-1] == report.LEAKY_NOTE and "leakage" in lines[-1]
+    assert report.LEAKY_NOTE not in report.results_table([result("genrec"), result("p5-random")])

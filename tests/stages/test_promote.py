@@ -8,6 +8,9 @@ the registry state:
   better  valid NDCG 1.0, test worse    -> version 2 takes the alias
   tie     valid NDCG 1.0                -> version 3, champion stays 2
   worse   valid NDCG 0.32, test perfect -> version 4, champion stays 2 (test metrics never choose)
+
+A second registry plays the item representation rule: a champion registered before the `genrec.items` tag, then a
+better version whose metrics files name semantic ids, refused, then allowed with `promote.across_representations`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import replace
 
 import pytest
 
-from genrec.tracking import registry
+from genrec.tracking import promotion, registry
 from genrec.tracking import runs as tracking
 from genrec.errors import DataError
 from genrec.io import fingerprint, split_fingerprint
@@ -207,3 +210,71 @@ def test_predictions_of_another_evaluation_are_refused(history, tmp_path):
                     valid_predictions_path=tmp_path / "valid.jsonl",
                     test_metrics_path=w["tmp"] / "first" / "test.json", out_path=tmp_path / "p.json")
     assert state(w) == before
+
+
+def semantic_version(w, name: str, seed: int, valid_ranks: list, test_ranks: list) -> list[str]:
+    """An adapter and metrics files that name items by semantic ids (`index`); the promote command's path options."""
+    folder = w["tmp"] / name
+    model_dir = tiny.write_adapter(folder / "model", w["base"], w["params"], seed)
+    for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
+        predictions = folder / "valid.jsonl" if split == "valid" else None
+        metrics = tiny.write_metrics(folder / f"{split}.json", split, ranks, predictions=predictions)
+        (folder / f"{split}.json").write_text(json.dumps({**metrics, "index": "semantic", "leaky": False}))
+    return ["--model", str(model_dir), "--base", str(w["base"]), "--processed", str(w["processed"]),
+            "--valid-metrics", str(folder / "valid.json"), "--valid-predictions", str(folder / "valid.jsonl"),
+            "--test-metrics", str(folder / "test.json"), "--out", str(folder / "promotion.json")]
+
+
+@pytest.fixture(scope="module")
+def representations(tmp_path_factory):
+    import yaml
+    from click.testing import CliRunner
+
+    from genrec.cli import promote as promote_command
+    from genrec.config.params import to_dict
+
+    w = tiny.world(tmp_path_factory.mktemp("representations"))
+    w["params"] = replace(w["params"], promote=PromoteParams(alpha=None))
+    params_path = w["tmp"] / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(w["params"])))
+    steps = {"titles": tiny.promote(w, "titles", 1, valid_ranks=[1, None], test_ranks=[1, 1])}
+    mlc = tracking.mlflow_client(w["params"])
+    steps["titles_tag"] = mlc.get_model_version(NAME, "1").tags.get(promotion.ITEMS_TAG)
+    mlc.delete_model_version_tag(NAME, "1", promotion.ITEMS_TAG)  # as registered before the tag existed
+    paths = semantic_version(w, "semantic", 2, valid_ranks=[1, 1], test_ranks=[1, 1])
+    command = ["--params", str(params_path), *paths]
+    steps["refused"] = CliRunner().invoke(promote_command, command)
+    steps["refused_state"] = state(w)
+    steps["refused_report"] = (w["tmp"] / "semantic" / "promotion.json").exists()
+    steps["allowed"] = CliRunner().invoke(promote_command, [*command, "--set", "promote.across_representations=true"])
+    steps["allowed_state"] = state(w)
+    return w, steps
+
+
+def test_a_version_is_tagged_with_how_it_names_items(representations):
+    _, steps = representations
+    assert steps["titles_tag"] == "title" and steps["titles"]["this_version"]["items"] == "title"
+    tags, _ = steps["refused_state"]["versions"]["2"]
+    assert tags[promotion.ITEMS_TAG] == "semantic"
+
+
+def test_a_champion_of_another_representation_is_refused_in_one_line_naming_both_and_the_override(representations):
+    _, steps = representations
+    refused = steps["refused"]
+    assert refused.exit_code == 1
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]  # beside MLflow's progress
+    assert len(errors) == 1 and refused.output.rstrip().endswith(errors[0])
+    line = errors[0]
+    assert "champion version 1 names items by 'title', version 2 by 'semantic'" in line
+    assert "--set promote.across_representations=true" in line
+    assert steps["refused_state"]["champion"] == "1" and not steps["refused_report"]
+
+
+def test_across_representations_compares_them_and_the_better_version_takes_the_alias(representations):
+    w, steps = representations
+    assert steps["allowed"].exit_code == 0, steps["allowed"].output
+    assert steps["allowed_state"]["champion"] == "2"
+    report = json.loads((w["tmp"] / "semantic" / "promotion.json").read_text())
+    assert report["promote"]["across_representations"] is True and report["moved"]
+    assert (report["previous_champion"]["items"], report["champion"]["items"]) == ("title", "semantic")
+    assert "and item representation" not in report["rule"]

@@ -12,14 +12,16 @@ import pytest
 from genrec.errors import DataError
 from genrec.evaluation.metrics import integrity_metrics, ranking_metrics, target_rank
 from genrec.config.params import Params
+from genrec.evaluation import comparison, outputs, report
 from genrec.stages import report as stage
 
 USERS = [f"u{i:03d}" for i in range(120)]
 
 
 def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: str = "f" * 64,
-                    users: list[str] = USERS) -> None:
-    """metrics/<name>.json and predictions/<name>.jsonl for a model that puts the target first at `hit_rate`."""
+                    users: list[str] = USERS, **facts) -> None:
+    """metrics/<name>.json and predictions/<name>.jsonl for a model that puts the target first at `hit_rate`;
+    `facts` are further keys of the metrics file (P5's `index` and `leaky`)."""
     rng = np.random.default_rng(seed)
     rows = []
     for user in users:
@@ -34,7 +36,7 @@ def fake_evaluation(folder, name: str, hit_rate: float, seed: int, fingerprint: 
     metrics.update({"model": name, "users": len(rows), "split_fingerprint": fingerprint, "seed": 42,
                     "protocol": {"split": "test", "num_beams": 10, "exclude_history": True, "k": [5, 10],
                                  "max_users": None if users is USERS else len(users)},
-                    "train_seconds": 12.0, "eval_seconds": 3.0})
+                    "train_seconds": 12.0, "eval_seconds": 3.0, **facts})
     (folder / "metrics").mkdir(exist_ok=True)
     (folder / "predictions").mkdir(exist_ok=True)
     (folder / "metrics" / f"{name}.json").write_text(json.dumps(metrics))
@@ -64,7 +66,7 @@ def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params
 
     assert out["models"] == ["genrec", "mostpop"]
     text = (tmp_path / "comparison.md").read_text()
-    for expected in ("| genrec | 120 |", "| mostpop | 120 |", "The paper's Table 1", "0.1311",
+    for expected in ("| genrec | title | 120 |", "| mostpop | - | 120 |", "The paper's Table 1", "0.1311",
                      "Paired tests against genrec", "| mostpop | 120 | +0.", "p |"):
         assert expected in text
     test = out["paired_tests"]["mostpop"]["hr_at_10"]
@@ -113,11 +115,60 @@ def test_baselines_on_every_user_are_reported_on_genrecs_sample_and_on_all_users
     text = (tmp_path / "comparison.md").read_text()
     assert "seeded sample of 40 of the 120 test users (eval.max_users=40, eval.seed=42)" in text
     this_run, all_users = text.split("## This run, on genrec's 40 users")[1].split("## All users")
-    assert "| mostpop | 40 |" in this_run and "| sasrec | 40 |" in this_run and "| mostpop | 120 |" not in this_run
-    assert "| mostpop | 120 |" in all_users and "| sasrec | 120 |" in all_users and "| genrec | 40 |" in all_users
+    assert "| mostpop | - | 40 |" in this_run and "| sasrec | id | 40 |" in this_run
+    assert "| mostpop | - | 120 |" not in this_run
+    assert "| mostpop | - | 120 |" in all_users and "| sasrec | id | 120 |" in all_users
+    assert "| genrec | title | 40 |" in all_users
     with (tmp_path / "plots" / "per_k.csv").open() as f:
         last = list(csv.DictReader(f))[-1]
     ranks = {json.loads(line)["user_id"]: json.loads(line) for line in
              (tmp_path / "predictions" / "mostpop.jsonl").read_text().splitlines()}
     hits = sum(any(e["item_ids"] == [ranks[u]["target_item_id"]] for e in ranks[u]["ranked"]) for u in sample)
     assert float(last["mostpop_hr"]) == pytest.approx(hits / 40, abs=1e-6)  # curves on the sample too
+
+
+def test_item_representations_are_tested_pair_by_pair_on_the_users_each_pair_shares(tmp_path, params):
+    sample = USERS[::3]  # GenRec decoded 40 of the 120 users; the others every user
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1, users=sample)
+    fake_evaluation(tmp_path, "p5-random", hit_rate=0.2, seed=2, index="random", leaky=False)
+    fake_evaluation(tmp_path, "p5-semantic", hit_rate=0.4, seed=3, index="semantic", leaky=False)
+    fake_evaluation(tmp_path, "p5-sequential", hit_rate=0.9, seed=4, index="sequential", leaky=True)
+    fake_evaluation(tmp_path, "sasrec", hit_rate=0.3, seed=5)
+    fake_evaluation(tmp_path, "mostpop", hit_rate=0.1, seed=6)
+    out = run(params, tmp_path)
+
+    pairs = [(t["model"], t["against"]) for t in out["representation_tests"]]
+    assert pairs == [("genrec", "sasrec"), ("p5-random", "sasrec"), ("p5-semantic", "p5-random"),
+                     ("p5-semantic", "sasrec"), ("p5-sequential", "p5-random"), ("p5-sequential", "sasrec")]
+    results = outputs.load_metrics(tmp_path / "metrics")
+    outputs.attach_ranks(results, tmp_path / "predictions")
+    metrics = ("hr_at_10", "ndcg_at_10")
+    for t in out["representation_tests"]:
+        pair = [r for r in results if r.name in (t["model"], t["against"])]
+        expected = comparison.paired_tests(pair, t["model"], metrics, params.report.paired_samples, params.report.seed)
+        assert t["tests"] == expected[t["against"]]
+    by_pair = {(t["model"], t["against"]): t["tests"] for t in out["representation_tests"]}
+    assert by_pair["p5-semantic", "p5-random"]["hr_at_10"]["users"] == 120  # not only genrec's 40
+    assert by_pair["genrec", "sasrec"]["hr_at_10"]["users"] == 40
+    assert out["paired_tests"]["p5-random"]["hr_at_10"]["users"] == 40  # the reference's tests are unchanged
+
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| p5-semantic | semantic | 40 |" in text and "| p5-semantic | semantic | 120 |" in text
+    assert "| p5-sequential (leaky) | sequential | 120 |" in text and report.LEAKY_NOTE in text
+    section = text.split("## Item representations")[1]
+    semantic = by_pair["p5-semantic", "p5-random"]
+    row = (f"| p5-semantic | semantic | p5-random | random | 120 | {semantic['hr_at_10']['diff']:+.4f} "
+           f"[{semantic['hr_at_10']['ci95_low']:+.4f}, {semantic['hr_at_10']['ci95_high']:+.4f}] | "
+           f"{semantic['hr_at_10']['p_value']:.4f} | {semantic['ndcg_at_10']['diff']:+.4f}")
+    assert row in section
+    assert "| genrec | title | sasrec | id | 40 |" in section
+    assert "| p5-sequential (leaky) | sequential | p5-random | random | 120 |" in section
+    assert section.rstrip().endswith(report.LEAKY_NOTE)
+
+
+def test_without_pairs_the_section_says_so(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1)
+    fake_evaluation(tmp_path, "mostpop", hit_rate=0.1, seed=2)
+    out = run(params, tmp_path)
+    assert out["representation_tests"] == []
+    assert "## Item representations\n\nNo representation tests" in (tmp_path / "comparison.md").read_text()

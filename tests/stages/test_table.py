@@ -48,7 +48,7 @@ def test_one_block_per_dataset_with_statistics_models_and_the_papers_figures(tmp
     ml, toys = blocks
     assert "4 users, 10 items, 20 interactions (density 0.50000, mean sequence length 5.0)" in ml
     assert "dropped by the filters: k_core 7, short_users 1." in ml
-    assert "| genrec | 4 | 0.5000 [" in ml and "| mostpop | 4 | 0.0000 [" in ml
+    assert "| genrec | title | 4 | 0.5000 [" in ml and "| mostpop | - | 4 | 0.0000 [" in ml
     assert "The paper on MovieLens 25M: P5 0.0688 / 0.0464 / 0.1040 / 0.0577; GenRec 0.1034" in ml
     assert "The paper on Amazon Toys: P5 0.0239" in toys and "dropped by the filters: nothing." in toys
     assert "[toys-p5/comparison.md](../reports/toys-p5/comparison.md)" in toys  # relative to results/
@@ -82,7 +82,26 @@ def test_a_sampled_dataset_shows_every_model_on_genrecs_users(tmp_path, params):
     table.run(params, reports_dir=reports, out_path=tmp_path / "table1.md")
     text = (tmp_path / "table1.md").read_text()
     assert "Every model on genrec's seeded sample of 2 of the 4 test users (eval.seed=42)" in text
-    assert "| genrec | 2 | 0.5000 [" in text and "| mostpop | 2 | 0.0000 [" in text
+    assert "| genrec | title | 2 | 0.5000 [" in text and "| mostpop | - | 2 | 0.0000 [" in text
+
+
+def test_each_row_names_its_items_in_the_model_tables_order(tmp_path, params):
+    reports = tmp_path / "reports"
+    folder = reports / "ml-latest-small" / "metrics"
+    models = {"sasrec": {}, "p5-sequential": {"index": "sequential", "leaky": True}, "mostpop": {},
+              "p5-semantic": {"index": "semantic", "leaky": False}, "genrec": {},
+              "p5-random": {"index": "random", "leaky": False}, "p5-tiger": {"index": "tiger", "leaky": False}}
+    for model, facts in models.items():
+        metrics = tiny_genrec.write_metrics(folder / f"{model}.json", "test", [1, None])
+        (folder / f"{model}.json").write_text(json.dumps({**metrics, "model": model, **facts}))
+    table.run(params, reports_dir=reports, out_path=tmp_path / "table1.md")
+    text = (tmp_path / "table1.md").read_text()
+    assert "| model | items | users |" in text
+    rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and " | 2 | " in line]
+    assert rows == [["| genrec", "title"], ["| p5-random", "random"], ["| p5-semantic", "semantic"],
+                    ["| p5-sequential (leaky)", "sequential"], ["| sasrec", "id"], ["| mostpop", "-"],
+                    ["| p5-tiger", "tiger"]]  # a model outside the table: its metrics file's index, after the rest
+    assert "its gain over random ids is that leakage, not a result" in text
 
 
 def test_no_dataset_folder_is_a_data_error(tmp_path, params):

@@ -226,3 +226,25 @@ def test_promote_command_line_mistakes_are_usage_errors(gated, args, message):
     w, _ = gated
     result = CliRunner().invoke(promote_command, ["--params", str(w["params_path"]), *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_champion_of_another_item_representation_is_refused_unless_asked_for():
+    champion, newcomer = version(1, 0.1), version(2, 0.9, **{promotion.ITEMS_TAG: "semantic"})
+    with pytest.raises(promotion.RepresentationMismatch) as err:
+        promotion.choose_champion([champion, newcomer], champion, newcomer)
+    message = str(err.value)  # the untagged champion counts as titles
+    assert "champion version 1 names items by 'title', version 2 by 'semantic'" in message and "\n" not in message
+    assert "promote.across_representations: true" in message
+    across = promotion.choose_champion([champion, newcomer], champion, newcomer, across_representations=True)
+    assert (across.previous, across.champion, across.moved) == ("1", "2", True)
+
+
+def test_only_versions_of_the_newcomers_representation_compete():
+    titles, semantic = version(1, 0.1, **{promotion.ITEMS_TAG: "title"}), version(2, 0.9, **{
+        promotion.ITEMS_TAG: "semantic"})
+    untagged = version(3, 0.2)  # registered before the tag: titles
+    assert promotion.choose_champion([titles, semantic, untagged], None, untagged).champion == "3"
+    moved = promotion.choose_champion([titles, semantic, untagged], titles, untagged)
+    assert (moved.champion, moved.moved) == ("3", True)  # the semantic version, though higher, is no challenger
+    assert promotion.choose_champion([titles, semantic, untagged], None, untagged,
+                                     across_representations=True).champion == "2"

@@ -343,6 +343,8 @@ class PromoteParams:
     """Bootstrap resamples of the validation users for the paired test (p resolves down to 2/(samples+1))."""
     seed: Int = Field(42, ge=0)
     """Seed of the paired bootstrap."""
+    across_representations: Bool = False
+    """Compare versions that name items differently (tag `genrec.items`); false: such a champion is refused."""
 
     @model_validator(mode="after")
     def _alpha_above_the_smallest_p_value(self) -> PromoteParams:

@@ -5,6 +5,11 @@ user, `on_reference_users` restricts every model to the reference's users and re
 intervals with the evaluations' own code (`genrec.evaluation.metrics.ranking_metrics`), so that the tables
 and the paired tests compare like with like. Per-user values come from `genrec.evaluation.metrics.per_user`,
 so any ranking metric of a metrics file can be tested.
+
+The representation axis (`representation_tests`): how a model names items (titles, random, semantic or
+collaborative ids) is tested pair by pair, each model against its family's default representation
+(`genrec.models.table.family_default`) and each generative model against SASRec, with `paired_tests` on the
+users both models of the pair evaluated.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 
 from genrec.evaluation.metrics import hits_at_k, ndcg_gains_at_k, paired_bootstrap, per_user, ranking_metrics
 from genrec.evaluation.outputs import ModelResult
+from genrec.models.table import MODELS, family_default
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,52 @@ def paired_tests(results: list[ModelResult], reference: str, metrics: tuple[str,
             continue
         out[other.name] = {m: paired_bootstrap(per_user(ref.ranks, users, m), per_user(other.ranks, users, m),
                                                samples, seed) for m in metrics}
+    return out
+
+
+ANCHOR = "sasrec"
+"""The scoring model every generative model is tested against on the representation axis."""
+
+
+def representation(result: ModelResult) -> str:
+    """How a model names items: its model-table representation, else its metrics file's `index`, else "-"."""
+    entry = MODELS.get(result.name)
+    return (entry.representation if entry is not None else "") or str(result.metrics.get("index") or "-")
+
+
+def representation_pairs(names: list[str]) -> list[tuple[str, str, str]]:
+    """(model, the model it is tested against, why) for every pair of the representation axis among `names`.
+
+    Each model whose family has a default representation is paired with that default (e.g. p5-semantic with
+    p5-random), and each generative model of the model table with SASRec; a pair needs both models in `names`.
+    """
+    pairs = []
+    for name in names:
+        default = family_default(name)
+        if default in names:
+            pairs.append((name, default, "family default"))
+        entry = MODELS.get(name)
+        if entry is not None and entry.kind == "generative" and ANCHOR in names:
+            pairs.append((name, ANCHOR, "generative vs SASRec"))
+    return pairs
+
+
+def representation_tests(results: list[ModelResult], metrics: tuple[str, ...], samples: int,
+                         seed: int) -> list[dict]:
+    """The paired tests of `representation_pairs`, each model minus the one it is tested against.
+
+    Each pair is tested by `paired_tests` on its own two results, so on the users both models evaluated
+    (pass every model's unrestricted results for the largest such set).
+
+    Returns:
+        One record per pair that shares users: {model, against, why, tests: {metric: test}}.
+    """
+    by_name = {r.name: r for r in results}
+    out = []
+    for name, against, why in representation_pairs(list(by_name)):
+        tests = paired_tests([by_name[name], by_name[against]], name, metrics, samples, seed)
+        if against in tests:
+            out.append({"model": name, "against": against, "why": why, "tests": tests[against]})
     return out
 
 

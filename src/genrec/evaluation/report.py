@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from genrec.errors import DataError
-from genrec.evaluation.comparison import on_reference_users
+from genrec.evaluation.comparison import on_reference_users, representation
 from genrec.evaluation.metrics import metric_label
 from genrec.evaluation.outputs import ModelResult, attach_ranks, load_metrics
 
@@ -33,10 +33,11 @@ def sample_statement(sample: dict, samples: int) -> str:
     n, of, reference = f"{sample['users']:,}", f"{sample['of']:,}", sample["reference"]
     settings = ", ".join(f"eval.{key}={sample[key]}" for key in ("max_users", "seed") if sample.get(key) is not None)
     text = (f"**User sample.** {reference} was evaluated on a seeded sample of {n} of the {of} test users"
-            f"{f' ({settings})' if settings else ''}. Every model in the tables and tests below is reported on exactly "
-            f"those {n} users: its per-user ranks restricted to them, HR/NDCG and the 95% intervals recomputed "
-            f"({samples} bootstrap resamples); valid beams are n/a there and times are those of the whole "
-            f"evaluation. The baselines' numbers on every user they evaluated are in \"All users\" below.")
+            f"{f' ({settings})' if settings else ''}. Every model in the tables and the paired tests against "
+            f"{reference} below is reported on exactly those {n} users: its per-user ranks restricted to them, "
+            f"HR/NDCG and the 95% intervals recomputed ({samples} bootstrap resamples); valid beams are n/a there "
+            f"and times are those of the whole evaluation. The baselines' numbers on every user they evaluated are "
+            f"in \"All users\" below.")
     if sample["short"]:
         text += " Short of the sample: " + ", ".join(f"{name} lacks {count:,} of its users"
                                                       for name, count in sample["short"].items()) + "."
@@ -55,17 +56,30 @@ def _number(value, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
+LEAKY_NOTE = ("(leaky): its item index numbers items by their first appearance in the training sequences, so "
+              "consecutive ids give the next item away; its gain over random ids is that leakage, not a result.")
+"""The footnote of every table with a leaky row (a metrics file with `"leaky": true`)."""
+
+
+def row_label(result: ModelResult) -> str:
+    """A model's name in a table row, marked "(leaky)" when its item index leaks the answer."""
+    return f"{result.label} (leaky)" if result.metrics.get("leaky") is True else result.label
+
+
 def results_table(results: list[ModelResult]) -> list[str]:
-    """Markdown rows: model, users, the four metrics with intervals, valid-beam share, times."""
+    """Markdown rows: model, its items, users, the metrics with intervals, valid-beam share, times; then the
+    leakage footnote when a row is leaky."""
     names = results[0].metric_names if results else PAPER_METRICS
-    head = ["model", "users", *(metric_label(m) for m in names), "valid beams", "train s", "eval s"]
+    head = ["model", "items", "users", *(metric_label(m) for m in names), "valid beams", "train s", "eval s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         m = r.metrics
         eval_seconds = m.get("eval_seconds", m.get("decode_seconds"))
-        cells = [r.label, str(m.get("users", "n/a")), *(_interval(m, name) for name in names),
+        cells = [row_label(r), representation(r), str(m.get("users", "n/a")), *(_interval(m, name) for name in names),
                  _number(m.get("valid_beam_share"), 3), _number(m.get("train_seconds"), 0), _number(eval_seconds, 1)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.metrics.get("leaky") is True for r in results):
+        lines += ["", LEAKY_NOTE]
     return lines
 
 
@@ -75,6 +89,10 @@ def paper_table() -> list[str]:
     for (dataset, model), values in PAPER_TABLE_1.items():
         lines.append(f"| {dataset} | {model} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     return lines
+
+
+def _difference(test: dict) -> list[str]:
+    return [f"{test['diff']:+.4f} [{test['ci95_low']:+.4f}, {test['ci95_high']:+.4f}]", f"{test['p_value']:.4f}"]
 
 
 def paired_table(tests: dict[str, dict], reference: str) -> list[str]:
@@ -89,17 +107,39 @@ def paired_table(tests: dict[str, dict], reference: str) -> list[str]:
         first = by_metric[metrics[0]]
         cells = [name, str(first["users"])]
         for t in by_metric.values():
-            cells += [f"{t['diff']:+.4f} [{t['ci95_low']:+.4f}, {t['ci95_high']:+.4f}]", f"{t['p_value']:.4f}"]
+            cells += _difference(t)
         cells.append(f"{first['wins']} / {first['losses']}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def representation_table(tests: list[dict], results: list[ModelResult]) -> list[str]:
+    """Markdown rows of `comparison.representation_tests`: model and items, what it is tested against and its
+    items, users, then the model minus the other (interval, p-value) for each tested metric."""
+    by_name = {r.name: r for r in results}
+    metrics = list(tests[0]["tests"]) if tests else []
+    head = ["model", "items", "vs", "items", "users", *(cell for m in metrics
+                                                      for cell in (f"Δ{metric_label(m)} [95% CI]", "p"))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for record in tests:
+        model, against = by_name[record["model"]], by_name[record["against"]]
+        cells = [row_label(model), representation(model), row_label(against), representation(against),
+                 str(record["tests"][metrics[0]]["users"])]
+        for m in metrics:
+            cells += _difference(record["tests"][m])
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(by_name[record[side]].metrics.get("leaky") is True for record in tests for side in ("model", "against")):
+        lines += ["", LEAKY_NOTE]
+    return lines
+
+
 def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[str, dict], reference: str,
                     samples: int, dataset: str, figure_name: str, sample: dict | None = None,
-                    all_users: list[ModelResult] | None = None, interval_samples: int | None = None) -> str:
+                    all_users: list[ModelResult] | None = None, interval_samples: int | None = None,
+                    representation_tests: list[dict] | None = None) -> str:
     """The whole comparison.md; with a `sample` (`on_reference_users`), its statement (the restricted intervals
-    used `interval_samples` resamples) and an "All users" table of `all_users`, the results before it."""
+    used `interval_samples` resamples) and an "All users" table of `all_users`, the results before it; then the
+    "Item representations" section of `representation_tests` (`comparison.representation_tests`)."""
     protocol = results[0].metrics.get("protocol", {})
     users = sorted({r.metrics.get("users") for r in results}, key=str)
     parts = [
@@ -128,6 +168,18 @@ def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[st
                   f"A positive difference means {reference} is better.", "", *paired_table(tests, reference)]
     else:
         parts.append(f"No paired tests: no metrics file for {reference!r}, or no other model.")
+    parts += ["", "## Item representations", ""]
+    if representation_tests:
+        parts += ["How a model names items, tested pair by pair: each model against its family's default "
+                  "representation, and each generative model against SASRec. Per-user outcomes of the model minus "
+                  "those of the one it is tested against, on the users both evaluated; paired bootstrap over users "
+                  f"({samples} resamples), two-sided p-value. A positive difference means the model is better."
+                  + ("" if sample is None else " Each pair is tested on every user both of its models evaluated, "
+                     f"not only {reference}'s sample (the users column)."), "",
+                  *representation_table(representation_tests, all_users or results)]
+    else:
+        parts.append("No representation tests: no model beside its family's default representation, and no "
+                     "generative model beside SASRec.")
     return "\n".join(parts) + "\n"
 
 
@@ -158,11 +210,11 @@ def table_one(reports_dir: str | Path, links_from: str | Path = ".", reference: 
               samples: int = 1000, seed: int = 42) -> str:
     """One Table 1 across datasets: a block per `reports_dir/<dataset>/` holding metrics files.
 
-    Each block: the dataset's statistics (its split_stats.json), every model of this run with 95% intervals,
-    the paper's figures for the matching dataset, and a link to the dataset's own report (paired tests),
-    relative to `links_from` (the folder the table is written to). When the dataset's predictions/ folder is
-    there and `reference` evaluated a user sample, every model is shown on its users (`on_reference_users`,
-    intervals from `samples` resamples with `seed`), and the block says so.
+    Each block: the dataset's statistics (its split_stats.json), every model of this run in the model table's
+    order with its item representation and 95% intervals, the paper's figures for the matching dataset, and a
+    link to the dataset's own report (paired tests), relative to `links_from` (the folder the table is written
+    to). When the dataset's predictions/ folder is there and `reference` evaluated a user sample, every model is
+    shown on its users (`on_reference_users`, intervals from `samples` resamples with `seed`), and the block says so.
 
     Raises:
         DataError: no dataset folder with metrics files under `reports_dir`.
@@ -172,9 +224,9 @@ def table_one(reports_dir: str | Path, links_from: str | Path = ".", reference: 
     if not datasets:
         raise DataError("no <dataset>/metrics/ folders", path=reports_dir, fix="run the pipeline first (dvc repro)")
     lines = ["# Table 1: every dataset of this workspace", "",
-             "Each block: this run's models on the dataset's test users (95% bootstrap intervals over users), the "
-             "paper's figures for the matching dataset (LLaMA-7B, other sizes: for orientation only), and the "
-             "dataset's own report with the paired tests.", ""]
+             "Each block: this run's models, with how each names items, on the dataset's test users (95% bootstrap "
+             "intervals over users), the paper's figures for the matching dataset (LLaMA-7B, other sizes: for "
+             "orientation only), and the dataset's own report with the paired tests.", ""]
     for name in datasets:
         results = load_metrics(reports_dir / name / "metrics")
         sample = None

@@ -12,7 +12,9 @@ and test HR/NDCG, the split fingerprint, the validation protocol, the git commit
 card built from its lineage (`genrec.tracking.model_card`, with the baselines' test metrics found beside the test
 metrics file). `champion` moves only to a version that scores higher on VALIDATION `promote.metric` on the
 same split and protocol AND wins a paired bootstrap over the validation users at `promote.alpha`
-(`genrec.tracking.promotion`; `alpha: null`: higher is enough). Without validation metrics the stage refuses:
+(`genrec.tracking.promotion`; `alpha: null`: higher is enough), among versions that name items the same way
+(tag `genrec.items`, from the metrics files' `index`, else "title"): a champion of another item representation
+stops the stage, unless `promote.across_representations` is true. Without validation metrics the stage refuses:
 choosing on test metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was
 champion, who is, why, and the test that decided. `--reset` archives the champion (when the split or
 protocol changed, it can be compared with nothing new) so that the next promotion starts afresh.
@@ -49,19 +51,23 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
 
     Raises:
         DataError: a missing or malformed metrics or predictions file (in particular no validation NDCG@10),
-            a metrics file of the wrong split, an adapter of another dataset, or a missing input.
+            a metrics file of the wrong split, validation and test metrics of different item representations,
+            an adapter of another dataset, or a missing input.
+        promotion.RepresentationMismatch: the champion names items otherwise than this version and
+            `promote.across_representations` is false (the version is registered, the champion kept).
     """
     model_dir, processed_dir, base_dir = Path(model_dir), Path(processed_dir), Path(base_dir)
     valid = read_metrics(Path(valid_metrics_path), "valid", params.promote.metric)
     test = read_metrics(Path(test_metrics_path), "test", params.promote.metric)
     ranks = read_valid_ranks(Path(valid_predictions_path), valid, Path(valid_metrics_path))
+    items = item_representation(valid, test, Path(test_metrics_path))
     config = read_model_config(model_dir, params.dataset)
     items_path = processed_dir / "items.parquet"
     for path in [items_path, *(processed_dir / f"{name}.parquet" for name in SPLITS)]:
         if not path.exists():
             raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
     fingerprint = split_fingerprint(processed_dir)
-    tags = version_tags(valid, test, config, params, split_fingerprint=fingerprint)
+    tags = {**version_tags(valid, test, config, params, split_fingerprint=fingerprint), promotion.ITEMS_TAG: items}
     version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base_dir,
                                                  items_path=items_path, tags=tags)
     promotion.store_valid_ranks(params, version, ranks)
@@ -121,6 +127,19 @@ def read_metrics(path: Path, split: str, metric: str = "ndcg_at_10") -> dict:
         raise DataError(f"no {split} {metric} (found {value!r}): promotion refuses to guess", path=path,
                         column=metric, fix=fix + f" with {k} in eval.k")
     return metrics
+
+
+def item_representation(valid: dict, test: dict, test_path: Path) -> str:
+    """How the evaluated model names items: the metrics files' `index` ("title" when they name none).
+
+    Raises:
+        DataError: the validation and test metrics name different representations.
+    """
+    ours, theirs = (str(metrics.get("index") or promotion.DEFAULT_ITEMS) for metrics in (valid, test))
+    if ours != theirs:
+        raise DataError(f"test metrics of item representation {theirs!r} beside validation metrics of {ours!r}",
+                        path=test_path, column="index", fix="evaluate the same model on both splits")
+    return ours
 
 
 def read_model_config(model_dir: Path, dataset: str) -> dict:
@@ -211,9 +230,12 @@ def promotion_report(params: Params, version, created: bool, decision: promotion
                                "test.ndcg_at_10", "test.hr_at_10"])
         return {"version": int(v.version), "run_id": v.run_id, **{k: _number(v.tags.get(k)) for k in shown},
                 "split_fingerprint": v.tags.get("split_fingerprint"), "valid_protocol": v.tags.get("valid_protocol"),
+                "items": promotion.items_of(v),
                 "archived_reason": v.tags.get(promotion.ARCHIVED_TAG)}
 
-    rule = ("best validation score among versions with the same split and validation protocol; a challenger must "
+    rule = ("best validation score among versions with the same split and validation protocol"
+            + ("" if params.promote.across_representations else " and item representation")
+            + "; a challenger must "
             + ("also win a paired bootstrap over the validation users (two-sided p < alpha, positive difference)"
                if params.promote.alpha is not None else "only score higher (promote.alpha: null)")
             + "; ties and non-significant wins keep the champion; test metrics never used")

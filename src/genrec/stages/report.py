@@ -7,10 +7,12 @@
 Reads every `<model>.json` metrics file and its `<model>.jsonl` predictions, refuses files from
 different splits, restricts every model to the reference's users when it decoded a seeded sample of them
 (`comparison.on_reference_users`: the comparison, curves and tests on those users; the all-users numbers in a
-second table), and writes the comparison table (markdown), a bar chart with the 95% intervals
-(`<figures>/comparison.png`) and per-k curves (`<figures>/per_k.png`, and a CSV with columns
-k, <model>_hr, <model>_ndcg for `dvc plots`). The report and figures are logged to MLflow: into the
-GenRec run when its model folder holds `mlflow_run.json`, else into a run named "report".
+second table), tests every model against its family's default item representation and every generative model
+against SASRec on the users each pair shares (`comparison.representation_tests`), and writes the comparison
+table (markdown), a bar chart with the 95% intervals (`<figures>/comparison.png`) and per-k curves
+(`<figures>/per_k.png`, and a CSV with columns k, <model>_hr, <model>_ndcg for `dvc plots`). The report and
+figures are logged to MLflow: into the GenRec run when its model folder holds `mlflow_run.json`, else into a run
+named "report".
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     """Write the comparison report, its figures and the per-k curves; log them to MLflow.
 
     Returns:
-        Paths written, by name, and the paired tests.
+        Paths written, by name, the paired tests against `report.reference` and the representation tests.
 
     Raises:
         DataError: no metrics files, files from different splits, or missing/stale predictions.
@@ -49,6 +51,8 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     # The paired tests: every metric at the largest cut-off of eval.k (HR@10 and NDCG@10 by default).
     tested = tuple(m for m in metric_names(params.eval.k) if parse_metric(m)[1] == max(params.eval.k))
     tests = comparison.paired_tests(results, cfg.reference, tested, cfg.paired_samples, cfg.seed)
+    # Each pair on the users both of its models evaluated, not only the reference's.
+    representation_tests = comparison.representation_tests(all_users, tested, cfg.paired_samples, cfg.seed)
     rows = comparison.per_k_curves(results, cfg.max_k)
 
     figures_dir, out_path, plots_path = Path(figures_dir), Path(out_path), Path(plots_path)
@@ -59,7 +63,8 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     figure_link = Path(_relative(figures_dir / FIGURES[0], out_path.parent)).as_posix()
     text = report.render_markdown(results, fingerprint, tests, cfg.reference, cfg.paired_samples, params.dataset,
                                   figure_link, sample=sample, all_users=all_users,
-                                  interval_samples=params.eval.bootstrap_samples)
+                                  interval_samples=params.eval.bootstrap_samples,
+                                  representation_tests=representation_tests)
     with atomic_path(out_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     with atomic_path(plots_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
@@ -69,7 +74,8 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     log.info("compared %s -> %s", ", ".join(r.name for r in results), out_path)
     written = {"report": out_path, "figures": [figures_dir / name for name in FIGURES], "plots": plots_path}
     log_to_mlflow(params, written, genrec_model_dir)
-    return {**written, "models": [r.name for r in results], "paired_tests": tests, "sample": sample}
+    return {**written, "models": [r.name for r in results], "paired_tests": tests,
+            "representation_tests": representation_tests, "sample": sample}
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -3,9 +3,11 @@
     genrec table --reports reports --out results/table1.md
 
 Reads `reports/<dataset>/metrics/*.json` and `split_stats.json` for every dataset the pipeline built and writes
-one markdown file with a block per dataset (`genrec.evaluation.report.table_one`); where GenRec decoded a seeded user
-sample, every model of that dataset is shown on those users (from `reports/<dataset>/predictions/`). It depends
-on the whole `reports/` folder (DVC orders it after every dataset's stages), so its output lives outside it.
+one markdown file with a block per dataset (`genrec.evaluation.report.table_one`): its models in the order of the
+model table (`genrec.models.table`), each with how it names items (title, an item index, or id). Where GenRec
+decoded a seeded user sample, every model of that dataset is shown on those users (from
+`reports/<dataset>/predictions/`). It depends on the whole `reports/` folder (DVC orders it after every dataset's
+stages), so its output lives outside it.
 
 The table and each dataset's comparison.md are logged to MLflow as artifacts of one new run per execution in
 the experiment `<tracking.experiment_prefix>-table` (Table 1 spans datasets, so it belongs to no dataset's

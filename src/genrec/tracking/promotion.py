@@ -12,6 +12,12 @@ The test needs each version's per-user outcomes: `store_valid_ranks` logs the ta
 user (JSON) into the version's run, and tags the version with its sha256 (`valid.ranks_sha256`), so any
 per-user metric can be recomputed (`metrics.per_user`) and a stale or edited file is refused.
 
+Versions compare only within one item representation (tag `genrec.items`: how the model names items, "title"
+for GenRec): a score on titles and a score on semantic ids answer different questions, so a challenger of another
+representation than the champion is refused (`RepresentationMismatch`, the champion kept) unless
+`promote.across_representations` is true. A version without the tag (registered before it existed) names items
+by title.
+
 Reset (`archive_champion`): when the split or protocol changes, the old champion cannot be compared with
 anything new and would hold the alias forever. Archiving removes the alias and tags the version
 `archived_reason` / `archived_at`; archived versions are no longer candidates (unless promoted again
@@ -29,10 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from genrec.errors import DataError
 from genrec.tracking import registry
 from genrec.tracking import runs as tracking
 from genrec.evaluation.metrics import Rank, paired_bootstrap, per_user
 from genrec.config.params import Params, PromoteParams
+from genrec.models.table import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,21 @@ ARCHIVED_AT_TAG = "archived_at"
 TEST_PREFIX = "promotion."
 """Tags recording the last promotion test a version took part in as the challenger."""
 RESET_COMMAND = 'genrec promote --reset --reason "TEXT"'
+ITEMS_TAG = "genrec.items"
+"""How the version names items (its metrics files' `index`, else GenRec's representation in the model table)."""
+DEFAULT_ITEMS = MODELS["genrec"].representation
+"""The representation of a version without the `genrec.items` tag: every version before the tag named titles."""
+OVERRIDE = "promote.across_representations"
+"""The param that lets versions of different item representations compete."""
+
+
+class RepresentationMismatch(DataError):
+    """The champion and the challenger name items differently and `promote.across_representations` is false."""
+
+
+def items_of(version) -> str:
+    """A version's item representation: its `genrec.items` tag, "title" without one."""
+    return version.tags.get(ITEMS_TAG) or DEFAULT_ITEMS
 
 
 @dataclass(frozen=True)
@@ -68,7 +91,8 @@ def select_tag(metric: str) -> str:
 
 
 def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at_10", alpha: float | None = None,
-                    compare: Compare | None = None, reset_command: str = RESET_COMMAND) -> Decision:
+                    compare: Compare | None = None, reset_command: str = RESET_COMMAND,
+                    across_representations: bool = False) -> Decision:
     """Apply the promotion rule (module docstring) to registered versions; pure, no registry calls.
 
     Args:
@@ -78,9 +102,13 @@ def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at
         alpha: significance level of the paired test; None: a higher score is enough.
         compare: runs the paired test; needed when `alpha` is set and a challenger scores higher.
         reset_command: the command quoted when the champion is not comparable.
+        across_representations: compare versions of every item representation (`genrec.items`); by default
+            only those of the newcomer's.
 
     Raises:
         ValueError: if the newcomer has no `valid.<metric>` tag.
+        RepresentationMismatch: the champion names items otherwise than the newcomer, and
+            `across_representations` is false; nothing is decided.
     """
     tag = select_tag(metric)
 
@@ -98,8 +126,15 @@ def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at
 
     if score(newcomer) is None:
         raise ValueError(f"version {newcomer.version} has no {tag} tag: promotion does not guess")
+    items = items_of(newcomer)
+    if not across_representations and current is not None and items_of(current) != items:
+        raise RepresentationMismatch(
+            f"champion version {current.version} names items by {items_of(current)!r}, version {newcomer.version} "
+            f"by {items!r}: promotion compares only versions of the same item representation, champion kept",
+            fix=f"to compare them anyway, set {OVERRIDE}: true (genrec promote --set {OVERRIDE}=true ...)")
     comparable = [v for v in versions if key(v) == key(newcomer) and score(v) is not None
-                  and (ARCHIVED_TAG not in v.tags or str(v.version) == str(newcomer.version))]
+                  and (ARCHIVED_TAG not in v.tags or str(v.version) == str(newcomer.version))
+                  and (across_representations or items_of(v) == items)]
     if current is None:
         best = best_of(comparable)
         return Decision(None, str(best.version), True, f"no champion yet: version {best.version} has the best "
@@ -156,7 +191,11 @@ def current_champion(mlc, name: str):
 
 
 def promote(params: Params, newcomer) -> Decision:
-    """Move `champion` per `choose_champion` with `params.promote`; record the test on the challenger's tags."""
+    """Move `champion` per `choose_champion` with `params.promote`; record the test on the challenger's tags.
+
+    Raises:
+        RepresentationMismatch: the champion names items otherwise than `newcomer` (nothing moves).
+    """
     mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
     versions = mlc.search_model_versions(f"name = '{name}'")
@@ -164,7 +203,8 @@ def promote(params: Params, newcomer) -> Decision:
     p = params.promote
     reset = f'genrec promote --set dataset={params.dataset} --reset --reason "TEXT"'
     decision = choose_champion(versions, current_champion(mlc, name), newcomer, metric=p.metric, alpha=p.alpha,
-                               compare=lambda a, b: paired_test(params, a, b), reset_command=reset)
+                               compare=lambda a, b: paired_test(params, a, b), reset_command=reset,
+                               across_representations=p.across_representations)
     if decision.moved:
         mlc.set_registered_model_alias(name, registry.CHAMPION, decision.champion)
         for tag in (ARCHIVED_TAG, ARCHIVED_AT_TAG):  # a version promoted again is no longer archived

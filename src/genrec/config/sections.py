@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from genrec.config.values import (SECTION, AdamW, Bool, CutOffs, Device, Dtype, EvalDtype, EvalSplit, Float,
-                                  HistoryFormat, IndexMethod, IndexMethods, IngestFormat, Int, LrScheduler, ModelInit,
+                                  GenrecText, HistoryFormat, IndexMethod, IndexMethods, IngestFormat, Int, LrScheduler, ModelInit,
                                   PromoteMetric, ResumeMode, SasrecSelect, Sha256, Text, Texts, TrainFormat, related)
 
 
@@ -227,12 +227,17 @@ class IndexParams:
     (models/base, offline), else an HF id (a hub must be reachable) or a local folder."""
     embedding_batch: Int = Field(64, ge=1)
     """Titles embedded per forward pass."""
+    genrec: list[IndexMethod] = Field(default_factory=list)
+    """The representations `dvc repro` also trains a GenRec on (genrec-<index>; each costs a GenRec training)."""
+    genrec_text: GenrecText = "codes"
+    """How GenRec on an index names an item in prompts and outputs: codes | codes+title."""
 
     @model_validator(mode="after")
     def _p5_within_methods(self) -> IndexParams:
-        missing = [m for m in self.p5 if m not in self.methods]
-        if missing:
-            raise related("p5", f"{missing[0]!r} is not built: add it to index.methods {self.methods}")
+        for key in ("p5", "genrec"):
+            missing = [m for m in getattr(self, key) if m not in self.methods]
+            if missing:
+                raise related(key, f"{missing[0]!r} is not built: add it to index.methods {self.methods}")
         return self
 
 

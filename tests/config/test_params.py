@@ -255,10 +255,14 @@ def test_dvc_yaml_params_exist_in_params_yaml(root):
         assert stage.get("foreach", "${datasets}") == "${datasets}", name
         if "foreach" in stage:  # every per-dataset stage reruns when its dataset's own settings change
             assert "dataset_params.${item}" in stage["do"]["params"], name
+        if "matrix" in stage:  # dataset x item index: the same, keyed by the matrix's dataset
+            assert stage["matrix"]["dataset"] == "${datasets}", name
+            assert "dataset_params.${item.dataset}" in stage["params"], name
+            used.update(m.removeprefix("${").removesuffix("}").split(".")[0] for m in stage["matrix"].values())
         stage = stage.get("do", stage)
         for entry in stage.get("params", []):
             keys = entry if isinstance(entry, str) else next(iter(entry))
-            if keys == "dataset_params.${item}":
+            if keys in ("dataset_params.${item}", "dataset_params.${item.dataset}"):
                 assert set(raw["datasets"]) <= set(raw["dataset_params"]), "DVC needs an entry per dataset"
                 used.add("dataset_params")
                 continue
@@ -275,7 +279,7 @@ def test_dvc_yaml_stages_call_the_cli_and_list_their_module(root):
     for name, stage in stages.items():
         stage = stage.get("do", stage)
         if name not in ("base_model", "table"):  # dataset-independent; every other stage runs per dataset
-            assert "--set dataset=${item}" in stage["cmd"], name
+            assert f"--set dataset=${{item{'.dataset' if 'matrix' in stage else ''}}}" in stage["cmd"], name
         words = stage["cmd"].split()
         at = next(i for i, w in enumerate(words) if w in ("genrec", "genrec.cli"))
         command = words[at + 1]

@@ -200,6 +200,8 @@ def _alternatives(hint: Any) -> list[str]:
         return [text for member in get_args(hint) for text in _alternatives(member)]
     if origin is Literal:
         return [str(choice) for choice in get_args(hint)]
+    if origin is list and get_origin(get_args(hint)[0]) is Literal:
+        return [f"a list of names among {', '.join(str(c) for c in get_args(get_args(hint)[0]))}"]
     if origin is list:
         return [f"a non-empty list of {_alternatives(get_args(hint)[0])[0].split(' ', 1)[1]}s"]
     return {bool: ["true", "false"], int: ["an integer"], float: ["a number"], str: ["a non-empty string"],

@@ -70,7 +70,7 @@ def test_a_recommender_added_through_the_interface_appears_in_the_report_and_the
 
 
 def test_the_model_table_orders_known_models_first():
-    assert list(MODELS)[:2] == ["genrec", "genrec+sasrec"]
+    assert list(MODELS)[0] == "genrec" and list(MODELS)[1].startswith("genrec-")  # a family's rows together
     names = sorted(["zeta", "mostpop", "alpha", "genrec", "p5-random"], key=order_key)
     assert names == ["genrec", "p5-random", "mostpop", "alpha", "zeta"]
     assert all(entry.kind in ("generative", "scoring") for entry in MODELS.values())

@@ -140,14 +140,18 @@ def test_user_sample_matches_the_evaluate_stage(trained):
     assert users == sample_users([f"u{u:02d}" for u in range(N_USERS)], 7, 42)
 
 
-def test_batched_code_search_equals_hf_generate(trained):
-    """The batched trie search returns HF generate's beams (items and scores), exclusions included."""
-    tmp, _ = trained
+def load_trained(tmp):
+    """(model, tokenizer, [items, depth] code token ids, item words) of the fixture's checkpoint."""
     model, tokenizer = p5_ranking.load_model(tmp / "model", "auto")
     codes = ItemCodes.load(tmp / "model")
     items = [str(100 + i) for i in range(N_ITEMS)]
-    code_ids = p5.code_token_ids(tokenizer, codes, items, tmp)
-    words = p5.item_words(codes, items, tmp)
+    return model, tokenizer, p5.code_token_ids(tokenizer, codes, items, tmp), p5.item_words(codes, items, tmp)
+
+
+def test_batched_code_search_equals_hf_generate(trained):
+    """The batched trie search returns HF generate's beams (items and scores), exclusions included."""
+    tmp, _ = trained
+    model, tokenizer, code_ids, words = load_trained(tmp)
     rng = np.random.default_rng(1)
     texts = [p5.build_prompt(p5.PHRASINGS[i % 5], f"u{i:02d}", rng.choice(N_ITEMS, 6), words) for i in range(6)]
     prompts = tokenizer(texts)["input_ids"]
@@ -169,13 +173,10 @@ def test_batched_code_search_equals_hf_generate(trained):
 def test_a_beam_is_always_an_item(trained):
     """Constrained to the trie, no beam is a non-item, even where the model prefers code tuples no item has."""
     tmp, _ = trained
-    model, tokenizer = p5_ranking.load_model(tmp / "model", "auto")
-    codes = ItemCodes.load(tmp / "model")
-    items = [str(100 + i) for i in range(N_ITEMS)]
-    code_ids = p5.code_token_ids(tokenizer, codes, items, tmp)
+    model, tokenizer, code_ids, words = load_trained(tmp)
     kept = list(range(0, N_ITEMS, 7))  # a sparse catalogue: most code tuples name nothing
     trie = build_title_trie(code_ids[kept].tolist(), tokenizer.eos_token_id)
-    prompts = tokenizer([p5.build_prompt(p5.PHRASINGS[0], "u00", [3, 4, 5], p5.item_words(codes, items, tmp))])
+    prompts = tokenizer([p5.build_prompt(p5.PHRASINGS[0], "u00", [3, 4, 5], words)])
     beams = p5_ranking.rank_constrained(model, prompts["input_ids"], trie, None, 10, 1.0, tokenizer.pad_token_id)[0]
     assert sorted(i for i, _, _ in beams) == list(range(len(kept)))  # every leaf, and nothing else
 

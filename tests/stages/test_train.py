@@ -453,3 +453,95 @@ def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
     assert state["global_step"] == trained[1]["global_step"] == EXPECTED_STEPS
     assert config["training"]["resumed_from"].startswith("checkpoint-")
     assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == killed_run
+
+
+@pytest.mark.parametrize("profile", ["cpu2", "fsdp_cpu2"])
+def test_two_processes_run_the_default_recipe_with_a_learning_curve(tmp_path, profile):
+    """The default recipe (sequence format, bf16 auto, a learning curve) on 2 CPU processes (DDP, FSDP2):
+    every process takes part in the curve (DDP: a share of the users each; FSDP: every user, in step), so
+    it neither hangs nor copies the model, and its points equal those of one process with twice the
+    accumulation (the same 4 rows make each step)."""
+    import socket
+
+    import mlflow
+
+    from genrec.config.params import EvalParams
+    from genrec.stages import prompts as prompts_stage
+
+    processed = tiny_genrec.write_split(tmp_path / "processed")
+    prompts_stage.run(Params(dataset="tiny"), processed_dir=processed, out_dir=tmp_path / "prompts")
+    base = tiny_genrec.write_backbone(tmp_path / "base")
+
+    def params_in(folder: Path, profile_name: str) -> Params:
+        return Params(dataset="tiny", train=tiny_train_params(
+            format="sequence", prompt_history=3, epochs=4, batch_size=4, micro_batch_size=2, max_seq_length=48,
+            bf16="auto", curve_steps=2, curve_users=tiny_genrec.USERS, eval_steps=None, save_steps=100,
+            accelerate_profile=str(ROOT / "configs" / "accelerate" / f"{profile_name}.yaml")),
+            tracking=TrackingParams(uri=f"sqlite:///{folder / 'mlflow.db'}"),
+            eval=EvalParams(batch_size=2, bootstrap_samples=50))
+
+    one = tmp_path / "one"
+    one.mkdir()
+    train.run(params_in(one, "cpu"), base_dir=base, prompts_dir=tmp_path / "prompts", processed_dir=processed,
+              out_dir=one / "genrec", curve_dir=one / "curve")
+
+    two = tmp_path / "two"
+    two.mkdir()
+    params = params_in(two, profile)
+    (two / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
+           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(two / "params.yaml"),
+           "--base", str(base), "--prompts", str(tmp_path / "prompts"), "--processed", str(processed),
+           "--out", str(two / "genrec"), "--curve", str(two / "curve")]
+    proc = subprocess.run(cmd, cwd=two, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    config = json.loads((two / "genrec" / "config.json").read_text())["training"]
+    assert config["processes"] == 2 and config["bf16"] == sft_trainer.precision("auto", False)[0]
+    one_curve = (one / "curve" / "curve.csv").read_text().splitlines()
+    two_curve = (two / "curve" / "curve.csv").read_text().splitlines()
+    columns = one_curve[0].split(",")
+    pick = [columns.index(c) for c in columns if c.startswith(("step", "hr_", "ndcg_", "users"))]
+    assert len(one_curve) > 2
+    assert [[r.split(",")[i] for i in pick] for r in two_curve] == [[r.split(",")[i] for i in pick] for r in one_curve]
+    client = mlflow.MlflowClient(params.tracking.uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "curve_hr_at_10")
+    assert len(history) == len(two_curve) - 1  # logged once a point, by the main process
+
+
+def test_a_failure_on_the_main_process_ends_every_process_with_its_error(tiny, tmp_path):
+    """Checking the saved adapter fails on the main process only (a learning rate so small that no lora_B
+    weight moves off its zero initialisation): the other process stops at once with the main process's
+    error instead of waiting in a collective until the timeout, and the MLflow run ends FAILED."""
+    import socket
+
+    import mlflow
+
+    params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"),
+                         epochs=1, learning_rate=1e-46, process_timeout=900)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(params)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
+           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(params_path),
+           "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]), "--out", str(tmp_path / "genrec")]
+    began = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert time.monotonic() - began < 300  # seconds, not the 900 s timeout
+    assert "PeerFailure: the main process failed: RuntimeError: " in proc.stderr, proc.stderr[-3000:]
+    assert "still equal their initialisation" in proc.stderr
+    client = mlflow.MlflowClient(params.tracking.uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -61,79 +61,93 @@ def run(params: Params, *, base_dir: Path, prompts_dir: Path, out_dir: Path, pro
             malformed prompts), before the backbone is loaded.
         RuntimeError: if the saved adapter is empty or still at its initialisation.
     """
-    from accelerate import PartialState
+    from genrec.models.processes import broadcast, check_shared_folder, main_only, process_state
 
     base_dir, prompts_dir, out_dir = Path(base_dir), Path(prompts_dir), Path(out_dir)
     processed_dir = Path(processed_dir) if processed_dir is not None else None
     tp = params.train
     template = check_inputs(params, base_dir, prompts_dir, processed_dir)
-    import torch
 
-    # cpu=True on a machine without CUDA: only then do several CPU processes join (gloo) rather than each
-    # believing it is alone (and main). The Trainer's own Accelerator shares this state.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # The process group gets train.process_timeout before the Trainer exists (its ddp_timeout comes too late).
+    state = process_state(tp.process_timeout)
     sft_trainer.accumulation_steps(tp, state.num_processes)
     hashes = tracking.data_hashes([base_dir, prompts_dir] + ([processed_dir] if tp.format == "sequence" else []))
     fingerprint = config_fingerprint(params, hashes)
-    resume_from, run_id = find_resume_point(checkpoint_dir(out_dir), tp.resume, fingerprint)
-    if state.is_main_process:
-        prepare_checkpoint_dir(checkpoint_dir(out_dir), resume_from)
-    state.wait_for_everyone()
+    ckpt_dir = checkpoint_dir(out_dir)
+    # The main process decides where to resume and every process follows: machines never decide apart.
+    resume_from, run_id = broadcast(state, main_only(state, lambda: decide_resume(ckpt_dir, tp.resume, fingerprint)))
+    check_shared_folder(state, ckpt_dir)
 
-    trainer, train_stats = sft_trainer.build_trainer(params, base_dir, prompts_dir, template,
-                                                     checkpoint_dir(out_dir), state.num_processes,
-                                                     processed_dir=processed_dir)
+    trainer, train_stats = sft_trainer.build_trainer(params, base_dir, prompts_dir, template, ckpt_dir,
+                                                     state.num_processes, processed_dir=processed_dir)
     tokenizer = trainer.processing_class
     initial = sft_trainer.lora_state(trainer.model)
     curve = None
-    if tp.curve_steps and processed_dir is not None and state.is_main_process:
+    if tp.curve_steps and processed_dir is not None:  # every process: the curve's decoding is shared out
         data = curve_data(prompts_dir, processed_dir, template, tokenizer, tp.curve_users, params.eval)
         rows = train_stats.get("packed_rows") or train_stats["records"]
         curve = learning_curve_callback(tokenizer, template, data, tp.curve_steps,
                                         tp.batch_size * train_stats["tokens"] / max(rows, 1), trainer.args.bf16,
-                                        log_to_mlflow=True)
+                                        log_to_mlflow=state.is_main_process, processes=state)
         trainer.add_callback(curve)
 
     main = state.is_main_process  # only the main process logs to MLflow and writes outputs
-    if main and run_id is not None and not tracking.run_exists(params, run_id):
-        log.warning("MLflow run %s of the checkpoint is gone from %s: logging to a new run", run_id,
-                    tracking.tracking_uri(params))
-        run_id = None
-    mlflow_run = (tracking.start_or_resume_run(params, run_id=run_id, run_name=run_name(params, fingerprint),
-                                               system_metrics=params.tracking.system_metrics)
-                  if main else contextlib.nullcontext())
-    with mlflow_run as mlrun:
+    with contextlib.ExitStack() as stack:  # leaving it ends the MLflow run: FAILED if anything raised
+        mlrun = main_only(state, lambda: open_run(stack, params, run_id, fingerprint, ckpt_dir, processed_dir,
+                                                  hashes, base_dir, prompts_dir))
         if main:
-            write_json(checkpoint_dir(out_dir) / STATE_FILE, {"fingerprint": fingerprint, "run_id": mlrun.info.run_id})
-            if processed_dir is not None:  # instruction prompts come from the same split
-                tracking.log_split_input(params, processed_dir, "train", "training")
-            if run_id is None:  # a resumed run has them (same fingerprint); MLflow refuses to change a param
-                tracking.log_params(params, {"data": {
-                    "base": hashes[str(base_dir)], "prompts": hashes[str(prompts_dir)],
-                    "base_path": str(base_dir), "prompts_path": str(prompts_dir)}})
             trainer.add_callback(mlflow_logger())
         with sft_loss.completion_positions_only(tp.completion_logits_only):
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             eval_loss = final_eval_loss(trainer)
-        final = checkpoint_dir(out_dir) / "final"
-        trainer.save_model(str(final))  # every process: FSDP gathers the adapter, the main one writes it
-        state.wait_for_everyone()
+        final = ckpt_dir / "final"
+        trainer.save_model(str(final))  # every process: FSDP gathers the adapter only, the main one writes it
         summary = {**train_stats, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
                    "eval_loss": eval_loss, "resumed_from": resume_from and resume_from.name,
                    "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
                    "effective_batch_size": tp.batch_size, "processes": state.num_processes,
-                   "bf16": trainer.args.bf16, "device": str(trainer.args.device)}
-        if main:
+                   "bf16": trainer.args.bf16, "fp16": trainer.args.fp16, "device": str(trainer.args.device)}
+
+        def finish():
             write_outputs(out_dir, final, trainer, tokenizer, template, initial, mlrun, {
                 "params": to_dict(params), "base_model": backbone_info(base_dir, trainer.model, hashes),
                 "training": summary})
-            shutil.rmtree(checkpoint_dir(out_dir), ignore_errors=True)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
             if curve_dir is not None:
                 write_curve(Path(curve_dir), curve.points if curve else [], run_name(params, fingerprint))
-    state.wait_for_everyone()
+
+        main_only(state, finish)  # a failure here ends every process now, with its error
     log.info("trained %d steps (train loss %.4f, valid loss %s); wrote %s", summary["global_step"],
              result.training_loss, summary["eval_loss"], out_dir)
     return {"out_dir": str(out_dir), "run_id": mlrun.info.run_id if main else None, **summary}
+
+
+def decide_resume(ckpt_dir: Path, mode: str, fingerprint: str) -> tuple[Path | None, str | None]:
+    """On the main process: the checkpoint to resume from and its MLflow run (`find_resume_point`), with the
+    folder made ready for it (`prepare_checkpoint_dir`)."""
+    resume_from, run_id = find_resume_point(ckpt_dir, mode, fingerprint)
+    prepare_checkpoint_dir(ckpt_dir, resume_from)
+    return resume_from, run_id
+
+
+def open_run(stack: contextlib.ExitStack, params: Params, run_id: str | None, fingerprint: str, ckpt_dir: Path,
+             processed_dir: Path | None, hashes: dict[str, str], base_dir: Path, prompts_dir: Path):
+    """On the main process: the MLflow run (the checkpoint's, when it still exists) entered into `stack`, its
+    inputs and params logged and its id written beside the checkpoints (for resume)."""
+    if run_id is not None and not tracking.run_exists(params, run_id):
+        log.warning("MLflow run %s of the checkpoint is gone from %s: logging to a new run", run_id,
+                    tracking.tracking_uri(params))
+        run_id = None
+    mlrun = stack.enter_context(tracking.start_or_resume_run(
+        params, run_id=run_id, run_name=run_name(params, fingerprint), system_metrics=params.tracking.system_metrics))
+    write_json(ckpt_dir / STATE_FILE, {"fingerprint": fingerprint, "run_id": mlrun.info.run_id})
+    if processed_dir is not None:  # instruction prompts come from the same split
+        tracking.log_split_input(params, processed_dir, "train", "training")
+    if run_id is None:  # a resumed run has them (same fingerprint); MLflow refuses to change a param
+        tracking.log_params(params, {"data": {
+            "base": hashes[str(base_dir)], "prompts": hashes[str(prompts_dir)],
+            "base_path": str(base_dir), "prompts_path": str(prompts_dir)}})
+    return mlrun
 
 
 def final_eval_loss(trainer) -> float:

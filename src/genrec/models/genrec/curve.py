@@ -55,35 +55,47 @@ def curve_data(prompts_dir: Path, processed_dir: Path, template: PromptTemplate,
     return CurveData(records, prompts, excluded, catalogue, e)
 
 
-def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf16: bool) -> dict:
-    """HR@k / NDCG@k of `model` on the curve's users.
+def curve_point(model, tokenizer, template: PromptTemplate, data: CurveData, bf16: bool, state=None) -> dict:
+    """HR@k / NDCG@k of `model` (the live model being trained, no copy) on the curve's users.
 
-    A PEFT model is evaluated as the evaluate stage sees it: a copy with the adapter merged into the
-    weights (no separate LoRA matmuls in every decoding step); the model being trained is untouched.
+    The adapter is not merged (a merged copy would double the backbone's memory, ~13.5 GB at 7B): decoding
+    runs the LoRA layers beside the frozen weights, in eval mode and without gradients, and the model is
+    put back in training mode after. Under several processes (`state`), every process takes part:
+    with data parallelism (DDP) each decodes its share of the users and the lists are gathered; with a
+    sharded model (FSDP) every forward gathers weights from all processes, so every process decodes
+    every user, in step (the same batches, hence the same forwards).
     """
-    import copy
-
     import torch
 
-    merged = copy.deepcopy(model)
-    if hasattr(merged, "merge_and_unload"):
-        merged = merged.merge_and_unload()
-    merged.eval()
+    shared = state if state is not None and state.num_processes > 1 and not is_sharded(model) else None
+    was_training = model.training
+    model.eval()
     try:
-        with torch.inference_mode(), torch.autocast(merged.device.type, dtype=torch.bfloat16, enabled=bf16):
-            lists, _, _ = decode_lists(merged, tokenizer, template, data.catalogue, data.prompts, data.excluded,
-                                       data.eval_params, progress=False)
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            lists, _, _ = decode_lists(model, tokenizer, template, data.catalogue, data.prompts, data.excluded,
+                                       data.eval_params, progress=False, state=shared)
     finally:
-        del merged
+        model.train(was_training)
     ranks = [target_rank([entry["item_ids"] for entry in entries], str(r["target_item_id"]))
              for r, entries in zip(data.records, lists)]
     metrics = ranking_metrics(ranks, data.eval_params.k, 1, data.eval_params.seed)
     return {key: metrics[key] for key in metric_names(data.eval_params.k)}
 
 
+def is_sharded(model) -> bool:
+    """Whether `model`'s weights are sharded across processes (FSDP2 turns parameters into DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData, every: int | None,
-                            tokens_per_step: float, bf16: bool, log_to_mlflow: bool):
-    """A TrainerCallback that adds a curve point every `every` steps and at the end of training."""
+                            tokens_per_step: float, bf16: bool, log_to_mlflow: bool, processes=None):
+    """A TrainerCallback that adds a curve point every `every` steps and at the end of training.
+
+    Under several processes (`processes`, the accelerate state) every process must run it (`curve_point`
+    shares the decoding out); only the one with `log_to_mlflow` logs.
+    """
     from transformers import TrainerCallback
 
     class LearningCurve(TrainerCallback):
@@ -96,7 +108,7 @@ def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData
             if self.points and self.points[-1]["step"] == state.global_step:
                 return
             began = time.perf_counter()
-            metrics = curve_point(model, tokenizer, template, data, bf16)
+            metrics = curve_point(model, tokenizer, template, data, bf16, processes)
             losses = [h["loss"] for h in state.log_history if "loss" in h]
             point = {"step": state.global_step, "tokens": int(state.global_step * tokens_per_step),
                      "train_seconds": round(began - self.start - self.paused, 1),
@@ -113,12 +125,11 @@ def learning_curve_callback(tokenizer, template: PromptTemplate, data: CurveData
                                     if k.startswith(("hr_", "ndcg_")) or k == "tokens"}, step=state.global_step)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if every and state.global_step % every == 0 and state.is_world_process_zero:
+            if every and state.global_step % every == 0:
                 self._point(state, model)
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero:
-                self._point(state, model)
+            self._point(state, model)
 
     return LearningCurve()
 

@@ -7,6 +7,7 @@ bench/train_cpu.py (which times exactly this trainer). The data of each format i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from genrec.config.params import LoraParams, Params, TrainParams
@@ -18,6 +19,8 @@ from genrec.models.genrec.evaluation import pad_token_id
 from genrec.models.genrec.sft_data import (PackedCollator, check_prepared, next_title_dataset, prompt_dataset,
                                           sequence_dataset)
 from genrec.models.genrec.sft_loss import model_loss_trainer
+
+log = logging.getLogger(__name__)
 
 
 def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: PromptTemplate, output_dir: Path,
@@ -63,11 +66,40 @@ def build_trainer(params: Params, base_dir: Path, prompts_dir: Path, template: P
                                        tp.max_valid_samples, tp.seed)
         collator = None
     set_seed(tp.seed)  # LoRA's A matrices are drawn when SFTTrainer wraps the model
-    trainer = (model_loss_trainer(tp.completion_logits_only) if sequence else SFTTrainer)(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
+    trainer_class = adapter_saving(model_loss_trainer(tp.completion_logits_only) if sequence else SFTTrainer)
+    trainer = trainer_class(model=model, args=config, train_dataset=train_data, eval_dataset=valid_data,
                          processing_class=tokenizer, peft_config=lora_config(tp.lora, code_rows), data_collator=collator)
     if not sequence:
         stats.update(check_prepared(trainer.train_dataset, tokenizer.eos_token_id, tp.max_seq_length))
     return trainer, stats
+
+
+def adapter_saving(trainer_class):
+    """`trainer_class` whose saves (checkpoints and the final adapter) gather the adapter only under FSDP.
+
+    transformers' `save_model` under FSDP with a full state dict gathers every weight, frozen backbone
+    included, onto the main process's CPU (~13.5 GB at 7B, at every checkpoint), then PEFT keeps the
+    adapter. Here only the trainable weights are gathered (`adapter_state_dict`), on every process; the
+    main one writes them. Without FSDP the Trainer's own save runs.
+    """
+    class AdapterSavingTrainer(trainer_class):
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            if not self.is_fsdp_enabled:
+                return super().save_model(output_dir, _internal_call)
+            self._save(output_dir or self.args.output_dir, state_dict=adapter_state_dict(self.model))
+
+    return AdapterSavingTrainer
+
+
+def adapter_state_dict(model) -> dict:
+    """The trainable weights of a sharded (FSDP2) model, whole and on the CPU of the main process (empty elsewhere).
+
+    Every process must call it (it gathers); frozen weights are never gathered.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=True))
 
 
 def accumulation_steps(tp: TrainParams, num_processes: int) -> int:
@@ -93,6 +125,7 @@ def sft_config(params: Params, output_dir: Path, num_processes: int, sequence: b
 
     tp = params.train
     cuda = torch.cuda.is_available()
+    bf16, fp16 = precision(tp.bf16, cuda)
     return SFTConfig(
         output_dir=str(output_dir), seed=tp.seed, data_seed=tp.seed, use_cpu=not cuda,
         num_train_epochs=tp.epochs, max_steps=tp.max_steps or -1,
@@ -101,27 +134,42 @@ def sft_config(params: Params, output_dir: Path, num_processes: int, sequence: b
         learning_rate=tp.learning_rate, warmup_steps=tp.warmup, lr_scheduler_type=tp.lr_scheduler,
         weight_decay=tp.weight_decay, optim=tp.optimizer,
         max_length=tp.max_seq_length, completion_only_loss=True, packing=False,
-        bf16=use_bf16(tp.bf16, cuda), fp16=False, activation_checkpointing=tp.activation_checkpointing,
+        bf16=bf16, fp16=fp16, activation_checkpointing=tp.activation_checkpointing,
         logging_steps=tp.logging_steps, logging_first_step=True,
         eval_strategy="steps" if tp.eval_steps else "no", eval_steps=tp.eval_steps,
         save_strategy="steps", save_steps=tp.save_steps, save_total_limit=tp.save_total_limit,
-        report_to="none", ddp_find_unused_parameters=False, dataloader_num_workers=0,
+        report_to="none", ddp_find_unused_parameters=False, ddp_timeout=tp.process_timeout, dataloader_num_workers=0,
         dataset_kwargs={"skip_prepare_dataset": True} if sequence else None,
     )
 
 
-def use_bf16(setting: str | bool, cuda: bool) -> bool:
-    """`train.bf16`: auto is on for GPUs with bf16 and for CPUs where oneDNN has bf16 kernels (AVX512 and newer)."""
+def precision(setting: str | bool, cuda: bool) -> tuple[bool, bool]:
+    """(bf16, fp16) autocast for `train.bf16` on this machine (`choose_precision` with what torch reports)."""
     import torch
 
+    native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu_bf16 = False
+    if not cuda:
+        try:
+            cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            pass
+    return choose_precision(setting, cuda=cuda, native_bf16=native_bf16, cpu_bf16=cpu_bf16)
+
+
+def choose_precision(setting: str | bool, *, cuda: bool, native_bf16: bool, cpu_bf16: bool) -> tuple[bool, bool]:
+    """(bf16, fp16) for `train.bf16`: auto is bf16 on GPUs that compute in bf16 (Ampere and newer) and on CPUs
+    where oneDNN has bf16 kernels (AVX512 and newer); a GPU that only emulates bf16 (T4, V100:
+    `torch.cuda.is_bf16_supported()` says yes unless asked `including_emulation=False`) would run every
+    matmul several times slower, so it gets fp16 autocast with the Trainer's gradient scaler (the LoRA
+    weights stay float32). true / false force bf16 on / off (false: float32).
+    """
     if setting != "auto":
-        return bool(setting)
-    if cuda:
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return bool(setting), False
+    if cuda and not native_bf16:
+        log.warning("train.bf16=auto: this GPU has no native bf16; training with fp16 autocast and a gradient scaler")
+        return False, True
+    return (native_bf16 if cuda else cpu_bf16), False
 
 
 def lora_config(lp: LoraParams, trainable_token_indices: dict[str, list[int]] | None = None):

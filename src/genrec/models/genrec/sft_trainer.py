@@ -94,12 +94,21 @@ def adapter_saving(trainer_class):
 def adapter_state_dict(model) -> dict:
     """The trainable weights of a sharded (FSDP2) model, whole and on the CPU of the main process (empty elsewhere).
 
-    Every process must call it (it gathers); frozen weights are never gathered.
+    Every process must call it: each trainable weight is all-gathered in turn (LoRA weights: megabytes).
+    Frozen weights are never gathered; torch's `get_model_state_dict(ignore_frozen_params=True)` still
+    gathers a frozen LM head tied to the embedding.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    import torch
+    from torch.distributed.tensor import DTensor
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                ignore_frozen_params=True))
+    main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+            if main:
+                state[name] = whole.cpu()
+    return state
 
 
 def accumulation_steps(tp: TrainParams, num_processes: int) -> int:

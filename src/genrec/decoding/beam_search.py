@@ -17,7 +17,7 @@ early-stop heuristic and stopping rules per user). Only the work differs:
 - HF's fillers are not computed. When fewer than K unfinished continuations exist (common deep
   inside titles, where the trie leaves one token), HF keeps just-finished beams running at a
   score near -1e9; in float32 no log-prob can move such a score, so only the leading beams
-  above it get a forward pass (`_beams_to_feed`).
+  above it get a forward pass (`_alive_beams`).
 - A user leaves the batch (`Cache.batch_select_indices`) as soon as HF would have stopped its search.
 - The trie lookup is tensorised (`genrec.decoding.trie`): one gather for the allowed tokens of every beam,
   one `searchsorted` to advance every beam.
@@ -170,11 +170,12 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
     beams = _Beams.start(len(prompts), k, settings.max_new_tokens, device)
     prompt_mask, next_position = attention.bool(), attention.sum(-1)
     users = torch.arange(len(prompts), device=device)
+    user_ids = list(range(len(prompts)))  # `users` on the host, so results need no device read
     results: list[list[Hypothesis]] = [[] for _ in prompts]
     written = 0  # generated cache slots so far (K or fewer per step)
+    fed = k
     for step in range(1, settings.max_new_tokens + 1):
         if step > 1:
-            fed = _beams_to_feed(beams, settings)
             slots = written + torch.arange(fed, device=device)
             beams.ancestors[:, torch.arange(fed, device=device), slots] = True  # each fed token's own slot
             written += fed
@@ -183,8 +184,6 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
             out = model(input_ids=beams.seqs[:, :fed, step - 2], attention_mask=mask, position_ids=positions,
                         cache=cache, use_cache=True)
             log_probs = torch.log_softmax(out.logits, dim=-1, dtype=torch.float32).flatten(0, 1)
-        else:
-            fed = k
         if trie is not None:  # HF: log-softmax over the whole vocabulary first, then the constraint
             scores = _constrained_scores(log_probs, fed, beams.running_scores, trie, beams.nodes, users, closed,
                                          prior, settings.prior_weight)
@@ -194,15 +193,19 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
                 log_probs = torch.cat([log_probs, log_probs.new_zeros(len(users), k - fed, log_probs.shape[-1])], 1)
             scores = log_probs + beams.running_scores[:, :, None]
         done = beams.step(scores.view(len(users), -1), step, settings, trie)
-        user_ids = users.tolist()
-        for row in done.nonzero().flatten().tolist():
-            results[user_ids[row]] = beams.finished(row, settings, trie)
-        if done.all():
+        # One host read a step: which users are done, and how many beams each has above the filler score.
+        done_rows, alive = torch.stack([done.long(), _alive_beams(beams)]).tolist()
+        finished = [row for row, d in enumerate(done_rows) if d]
+        for row, hyps in zip(finished, beams.finished(finished, settings, trie)):
+            results[user_ids[row]] = hyps
+        if len(finished) == len(done_rows):
             break
-        keep = (~done).nonzero().flatten()
-        beams, users = beams.select(keep), users[keep]
-        prompt_mask, next_position = prompt_mask[keep], next_position[keep]
-        if len(keep) < len(done):
+        fed = k if settings.early_stopping is True else max(1, max(a for a, d in zip(alive, done_rows) if not d))
+        if finished:  # users leave the batch; the rows that stay are known on the host already
+            keep = torch.tensor([row for row, d in enumerate(done_rows) if not d]).to(device, non_blocking=True)
+            beams, users = beams.select(keep), users[keep]
+            user_ids = [user for user, d in zip(user_ids, done_rows) if not d]
+            prompt_mask, next_position = prompt_mask[keep], next_position[keep]
             cache.batch_select_indices(keep)
     return results
 
@@ -215,7 +218,7 @@ def _constrained_scores(log_probs: torch.Tensor, fed: int, running: torch.Tensor
     prior of the parent).
 
     `log_probs` holds the first `fed` beams of each user ([users x fed, vocab]); the others are fillers
-    whose log-probs count as 0 (see `_beams_to_feed`). Only the allowed entries are computed, into one
+    whose log-probs count as 0 (see `_alive_beams`). Only the allowed entries are computed, into one
     -inf tensor, with HF's operations in HF's order (log-prob, + prior step, + running score), so the
     values are HF's to the bit; no dense [users x K, vocab] copy, sum or mask is made.
     """
@@ -224,8 +227,9 @@ def _constrained_scores(log_probs: torch.Tensor, fed: int, running: torch.Tensor
     rows, tokens = allowed_tokens(trie, nodes, users.repeat_interleave(k), closed)
     user, beam = rows // k, rows % k
     is_fed = beam < fed
-    values = torch.zeros(rows.shape, dtype=log_probs.dtype, device=log_probs.device)
-    values[is_fed] = log_probs[user[is_fed] * fed + beam[is_fed], tokens[is_fed]]
+    # torch.where rather than boolean indexing, which would wait for the device to count the fed rows
+    picked = log_probs[torch.where(is_fed, user * fed + beam, 0), tokens]
+    values = torch.where(is_fed, picked, torch.zeros((), dtype=log_probs.dtype, device=log_probs.device))
     if prior is not None and weight:
         parent = nodes[rows]
         child = advance(trie, parent, tokens)
@@ -238,18 +242,15 @@ def _constrained_scores(log_probs: torch.Tensor, fed: int, running: torch.Tensor
     return scores.view(n_users, k, -1)
 
 
-def _beams_to_feed(beams: _Beams, s: BeamSettings) -> int:
-    """How many leading beams per user need a forward pass: those not at HF's -1e9 filler score.
+def _alive_beams(beams: _Beams) -> torch.Tensor:
+    """[users] beams of each user not at HF's -1e9 filler score; the next step feeds the most any user has.
 
     Running beams are sorted by score, so fillers (finished titles HF keeps running when too few
     continuations remain, and dead beams) come last. Their log-probs cannot move a -1e9 score in
     float32 (its spacing is 64), so they are not computed. Under early_stopping=True fillers that
     finish can fill HF's finished list, so every beam is fed there, to stay exact.
     """
-    if s.early_stopping is True:
-        return s.num_beams
-    alive = (beams.running_scores > IMPOSSIBLE / 10).sum(1)
-    return max(1, int(alive.max()))
+    return (beams.running_scores > IMPOSSIBLE / 10).sum(1)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,19 +381,36 @@ class _Beams:
         all_full = self.fin_done.all(-1) & (s.early_stopping is True)
         return ~(self.improvable[:, 0] & ~all_full & ~hits.all(-1))
 
-    def finished(self, row: int, s: BeamSettings, trie: TitleTrie | None) -> list[Hypothesis]:
-        """The real finished beams of one user, best first."""
-        out = []
-        titles = trie.node_title[self.fin_nodes[row]].tolist() if trie is not None else [-1] * s.num_beams
-        for score, seq, title, length, count, done in zip(
-                self.fin_scores[row].tolist(), self.fin_seqs[row].tolist(), titles, self.fin_lengths[row].tolist(),
-                self.fin_counts[row].tolist(), self.fin_done[row].tolist()):
-            normalised_by = length if s.ghost_threshold is None else count
-            if not done or not is_real(score, normalised_by, s.length_penalty):
-                continue
-            tokens = seq[:length]
-            ended = tokens[-1] == s.eos_token_id
-            title = title if ended else -1
-            out.append(Hypothesis(tokens=tuple(tokens[:-1] if ended else tokens), score=score,
-                                  title=title if title >= 0 else None))
-        return out
+    def finished(self, rows: list[int], s: BeamSettings, trie: TitleTrie | None) -> list[list[Hypothesis]]:
+        """The real finished beams of each user in `rows`, best first, read from the device in one wait."""
+        if not rows:
+            return []
+        index = torch.tensor(rows).to(self.fin_scores.device, non_blocking=True)
+        nodes = self.fin_nodes[index]
+        titles = trie.node_title[nodes] if trie is not None else torch.full_like(nodes, -1)
+        fields = _to_host(self.fin_scores[index], self.fin_seqs[index], titles, self.fin_lengths[index],
+                          self.fin_counts[index], self.fin_done[index])
+        return [_hypotheses(*user, s) for user in zip(*fields)]
+
+
+def _to_host(*tensors: torch.Tensor) -> list[list]:
+    """The tensors as nested lists after one wait for the device: asynchronous copies, then one sync."""
+    copies = [t.to("cpu", non_blocking=True) for t in tensors]
+    if tensors[0].is_cuda:
+        torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [c.tolist() for c in copies]
+
+
+def _hypotheses(scores, seqs, titles, lengths, counts, dones, s: BeamSettings) -> list[Hypothesis]:
+    """One user's finished beams (host lists, best first) as Hypotheses, HF's fillers left out."""
+    out = []
+    for score, seq, title, length, count, done in zip(scores, seqs, titles, lengths, counts, dones):
+        normalised_by = length if s.ghost_threshold is None else count
+        if not done or not is_real(score, normalised_by, s.length_penalty):
+            continue
+        tokens = seq[:length]
+        ended = tokens[-1] == s.eos_token_id
+        title = title if ended else -1
+        out.append(Hypothesis(tokens=tuple(tokens[:-1] if ended else tokens), score=score,
+                              title=title if title >= 0 else None))
+    return out

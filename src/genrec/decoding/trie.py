@@ -207,13 +207,17 @@ def allowed_tokens(trie: TitleTrie, nodes: torch.Tensor, users: torch.Tensor | N
     """
     starts, ends = trie.offsets[nodes], trie.offsets[nodes + 1]
     counts = ends - starts
-    rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+    # The output size is data-dependent: read it once (one host sync) and hand it to both repeat_interleaves,
+    # which would each read it otherwise.
+    total = int(counts.sum())
+    rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
-    edges = torch.arange(rows.numel(), device=nodes.device) + torch.repeat_interleave(starts - first, counts)
+    edges = (torch.arange(total, device=nodes.device)
+             + torch.repeat_interleave(starts - first, counts, output_size=total))
     if closed_keys is not None and closed_keys.numel():
         keys = users[rows] * (trie.n_nodes + 1) + trie.edge_children[edges]
         pos = torch.searchsorted(closed_keys, keys).clamp(max=closed_keys.numel() - 1)
-        open_ = closed_keys[pos] != keys
+        open_ = (closed_keys[pos] != keys).nonzero().flatten()  # one sync for both selections below
         rows, edges = rows[open_], edges[open_]
     return rows, trie.edge_tokens[edges]
 

@@ -296,6 +296,62 @@ def test_chunked_cross_entropy_matches_torch_in_bfloat16():
     assert sft_loss.chunked_cross_entropy(logits[:0], targets[:0]).item() == 0.0
 
 
+def test_final_hidden_states_gives_the_bits_all_hidden_states_gave_under_mixed_precision():
+    """The decoder's output through a hook = hidden_states[-1] of output_hidden_states=True, with the model wrapped
+    as accelerate wraps it under bf16 (autocast, outputs upcast to float32): same loss and LoRA gradients, bit
+    for bit, and no layer's states come back."""
+    from accelerate.utils import convert_outputs_to_fp32
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model = get_peft_model(model.to(torch.bfloat16), sft_trainer.lora_config(LoraParams(dropout=0.0)))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward))
+    ids = torch.randint(0, 300, (3, 23), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    none = torch.zeros(0, dtype=torch.long)
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(hidden):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = sft_loss.labelled_lm_loss(hidden, labels, model.get_output_embeddings())
+        loss.backward()
+        grads = [p.grad.clone() for p in lora]
+        model.zero_grad()
+        return loss.detach(), grads
+
+    every_layer = model(input_ids=ids, logits_to_keep=none, output_hidden_states=True)
+    assert len(every_layer.hidden_states) == 3 and every_layer.hidden_states[-1].dtype == torch.float32
+    loss, grads = loss_and_grads(every_layer.hidden_states[-1])
+    hidden = sft_loss.final_hidden_states(model, input_ids=ids)
+    assert hidden.dtype == torch.bfloat16  # the decoder's own output, not an upcast copy
+    ours, our_grads = loss_and_grads(hidden)
+    assert torch.equal(ours, loss) and all(g.abs().max() > 0 for g in grads)
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, grads))
+    assert not model.get_decoder()._forward_hooks  # the hook is removed
+
+
+def test_cross_entropy_chunks_are_16_rows_on_cpu_and_a_256_mib_block_on_cuda():
+    class CudaLogits:
+        is_cuda, shape = True, (2048, 49152)
+
+    assert sft_loss.chunk_rows_for(torch.zeros(2, 49152)) == 16
+    assert sft_loss.chunk_rows_for(CudaLogits()) == 1365
+    logits = torch.randn(40, 1000, generator=torch.Generator().manual_seed(0)).bfloat16().requires_grad_()
+    targets = torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(1))
+    sft_loss.chunked_cross_entropy(logits, targets, chunk_rows=40).backward()
+    whole = logits.grad.clone()
+    logits.grad = None
+    sft_loss.chunked_cross_entropy(logits, targets).backward()  # the CPU default, 16 rows
+    assert torch.equal(logits.grad, whole)
+
+
 def accumulate_starts(lengths):
     starts, at = [], 0
     for n in lengths:

@@ -51,19 +51,33 @@ def model_loss_trainer(lean: bool = True):
 
 
 def final_hidden_states(model, **inputs):
-    """The final norm's output for `inputs`, with the model's own LM head given no position at all.
+    """The final norm's output for `inputs` (the decoder's last hidden state), with the model's own LM head
+    given no position at all.
 
-    An empty `logits_to_keep` index: with `logits_to_keep=1` the head's input is the strided view
-    `hidden[:, -1:]`, which CPU matmul turns into a batched product over a per-row copy of the
-    [vocabulary x hidden] weight (450 MB for 8 rows of SmolLM2, at every micro-batch).
+    The model is called whole, so that a DDP wrapper sees the forward and accelerate's autocast applies;
+    the decoder's output is read by a forward hook. `output_hidden_states=True` would return every layer's
+    states, and under mixed precision accelerate's `convert_outputs_to_fp32` copies each of them to float32
+    (31 x [tokens x hidden] for SmolLM2) to keep one. The hook keeps the decoder's own dtype; under
+    autocast the LM head casts to bf16 either way, so loss and gradients are the same bits
+    (tests/models/genrec/test_sft.py). An empty `logits_to_keep` index: with `logits_to_keep=1` the head's input is
+    the strided view `hidden[:, -1:]`, which CPU matmul turns into a batched product over a per-row copy of
+    the [vocabulary x hidden] weight (450 MB for 8 rows of SmolLM2, at every micro-batch).
     """
     import torch
 
-    none = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
-    return model(**inputs, logits_to_keep=none, output_hidden_states=True).hidden_states[-1]
+    from accelerate.utils import extract_model_from_parallel
+
+    decoder = extract_model_from_parallel(model).get_decoder()
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device))
+    finally:
+        handle.remove()
+    return captured[-1]
 
 
-def labelled_lm_loss(hidden, labels, head, num_items_in_batch=None, chunk_rows: int = 16):
+def labelled_lm_loss(hidden, labels, head, num_items_in_batch=None, chunk_rows: int | None = None):
     """Next-token cross-entropy of `head(hidden)` on the positions whose shifted label is not -100.
 
     The same value as transformers' `ForCausalLMLoss` (float32 logits, sum over labelled positions divided
@@ -80,12 +94,27 @@ def labelled_lm_loss(hidden, labels, head, num_items_in_batch=None, chunk_rows: 
     return total / num_items_in_batch
 
 
-def chunked_cross_entropy(logits, targets, chunk_rows: int = 16):
+CUDA_BLOCK_BYTES = 2**28
+"""Float32 bytes of one cross-entropy chunk on CUDA (1,365 rows of SmolLM2's 49,152-token vocabulary)."""
+
+
+def chunk_rows_for(logits) -> int:
+    """Rows per cross-entropy chunk: 16 on CPU (a 3 MB block stays in cache); on CUDA, as many as fit
+    CUDA_BLOCK_BYTES, since each chunk costs a handful of kernel launches (16 rows: ~240 launches for 2,048
+    tokens, where one 256 MiB block takes 2 chunks). bench/sft_loss.py measures both."""
+    if not logits.is_cuda:
+        return 16
+    return max(16, CUDA_BLOCK_BYTES // (4 * logits.shape[-1]))
+
+
+def chunked_cross_entropy(logits, targets, chunk_rows: int | None = None):
     """sum_i (logsumexp(logits_i) - logits_i[target_i]) in float32, forward and backward `chunk_rows` rows
-    at a time: a [chunk x vocabulary] float32 block (3 MB for 16 x 49k) stays in cache, where the one-shot
-    `cross_entropy(logits.float(), ...)` streams ~400 MB per pass for 2,048 tokens. Gradients are exact
-    softmax minus one-hot, in the logits' dtype."""
+    at a time (default `chunk_rows_for(logits)`): on CPU a [16 x vocabulary] float32 block (3 MB for 16 x 49k)
+    stays in cache, where the one-shot `cross_entropy(logits.float(), ...)` streams ~400 MB per pass for 2,048
+    tokens. Gradients are exact softmax minus one-hot, in the logits' dtype."""
     import torch
+
+    chunk_rows = chunk_rows or chunk_rows_for(logits)
 
     class ChunkedCrossEntropy(torch.autograd.Function):
         @staticmethod

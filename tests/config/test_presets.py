@@ -34,6 +34,7 @@ def test_a_paper_preset_loads_as_the_paper_setting(root, folder, name):
     assert (t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == (8, 16, 0.05, ["q_proj", "v_proj"])
     profile = yaml.safe_load((root / "configs" / "accelerate" / f"{t.accelerate_profile}.yaml").read_text())
     assert profile["num_processes"] == 4 and sft_trainer.accumulation_steps(t, 4) == 8
+    assert params.eval.accelerate_profile == "4gpu"  # evaluated on the same 4 GPUs, one replica each
     assert params.eval.max_users is None and params.eval.num_beams == 10 and params.p5.backbone == "t5-small"
 
 

@@ -243,3 +243,29 @@ def test_per_user_priors_follow_their_users_when_others_leave_the_batch(model, t
                          node_prior=lambda chunk: log_mass[chunk]) for size in (len(prompts), 1)]
     assert [[h.tokens for h in u] for u in runs[0]] == [[h.tokens for h in u] for u in runs[1]]
     assert all(len(h.tokens) == 1 for h in runs[0][first])
+
+
+def test_a_batch_out_of_memory_is_decoded_again_in_halves(model, titles, prompts, monkeypatch, caplog):
+    """Forward passes of more than `fits` users raise torch.OutOfMemoryError, as a GPU would (the real error is
+    only reachable on a GPU): the batch of 5 is decoded as 3 (again too many) + 2, then 2 + 1 + 2."""
+    trie = build_title_trie(titles, EOS)
+    settings = BeamSettings(num_beams=4, max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD)
+    expected = ranked_beams(model, prompts, settings, trie=trie, batch_size=5)
+    forward, rows, fits = model.forward, [], [2]
+
+    def forward_within_memory(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        if rows[-1] > fits[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward_within_memory)
+    with caplog.at_level("WARNING", logger="genrec.decoding.beam_search"):
+        got = ranked_beams(model, prompts, settings, trie=trie, batch_size=5)
+    assert rows[:2] == [5, 3] and max(rows[2:]) <= 2
+    assert [[h.tokens for h in u] for u in got] == [[h.tokens for h in u] for u in expected]
+    assert [h.score for u in got for h in u] == pytest.approx([h.score for u in expected for h in u], abs=1e-5)
+    assert "out of memory decoding 5 users together: decoding them 3 at a time" in caplog.text
+    fits[0] = 0  # not even one user: nothing smaller to try, the error stands
+    with pytest.raises(torch.OutOfMemoryError):
+        ranked_beams(model, prompts, settings, trie=trie, batch_size=5)

@@ -38,6 +38,12 @@ def test_auto_with_a_gpu_takes_the_accelerate_process_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert choose_device("auto") == torch.device("cuda", 3)
     assert choose_device("cuda") == torch.device("cuda", 3)
+    assert choose_device("spread") == torch.device("cuda", 3)  # inputs go where auto puts them
+
+
+@no_cuda
+def test_spread_without_a_gpu_is_the_cpu():
+    assert choose_device("spread") == torch.device("cpu")
     assert choose_device("cpu") == torch.device("cpu")
 
 

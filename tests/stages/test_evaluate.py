@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,25 +53,22 @@ def write_adapter(folder: Path, base: Path, template: PromptTemplate) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """Split, prompt records, backbone and adapter folders shared by the module's tests."""
-    tmp = tmp_path_factory.mktemp("eval")
-    rng = random.Random(0)
-    items = pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES) + 2)], "title": TITLES + [SHARED, SHARED]})
-    template = PromptTemplate(max_history=5)
+def write_users(tmp: Path, items: pd.DataFrame, template: PromptTemplate, lengths: list[int], seed: int):
+    """The split (processed/) and the test prompt records (prompts/) of one user a sequence length in `lengths`."""
+    rng = random.Random(seed)
     processed, prompts = tmp / "processed", tmp / "prompts"
     processed.mkdir()
     prompts.mkdir()
     items.to_parquet(processed / "items.parquet")
     rows = {"train": [], "valid": [], "test": []}
     records = []
-    for u in range(USERS):
-        seq = rng.sample(list(items["item_id"]), 9)
+    for u, length in enumerate(lengths):
+        seq = rng.sample(list(items["item_id"]), length)
         for name, part in (("train", seq[:-2]), ("valid", seq[-2:-1]), ("test", seq[-1:])):
             rows[name] += [{"user_id": str(u), "item_id": i} for i in part]
         history = [items["title"][int(i)] for i in seq[:-1]][-template.max_history:]
-        records.append({"user_id": str(u), "target_position": 8, "instruction": INSTRUCTIONS[u % len(INSTRUCTIONS)],
+        records.append({"user_id": str(u), "target_position": length - 1,
+                        "instruction": INSTRUCTIONS[u % len(INSTRUCTIONS)],
                         "input": format_history(history, template.history_format), "output": items["title"][int(seq[-1])],
                         "history_item_ids": seq[-1 - len(history):-1], "history_titles": history,
                         "target_item_id": seq[-1]})
@@ -75,10 +76,29 @@ def world(tmp_path_factory) -> dict:
         pd.DataFrame(part).to_parquet(processed / f"{name}.parquet")
     (prompts / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     template.save(prompts / "template.json")
+    return processed, prompts, records, rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Split, prompt records, backbone and adapter folders shared by the module's tests."""
+    tmp = tmp_path_factory.mktemp("eval")
+    items = pd.DataFrame({"item_id": [str(i) for i in range(len(TITLES) + 2)], "title": TITLES + [SHARED, SHARED]})
+    template = PromptTemplate(max_history=5)
+    processed, prompts, records, rows = write_users(tmp, items, template, [9] * USERS, seed=0)
     texts = TITLES + [SHARED] + list(INSTRUCTIONS) + [template.template]
     base = tiny.write_backbone(tmp / "base", texts, hidden_size=64)
     return {"tmp": tmp, "processed": processed, "prompts": prompts, "base": base, "records": records,
             "rows": rows, "items": items, "adapter": write_adapter(tmp / "adapter", base, template)}
+
+
+@pytest.fixture(scope="module")
+def crowd(world, tmp_path_factory) -> dict:
+    """`world`'s backbone and adapter, 48 users whose histories hold 1 to 5 titles: prompts of many lengths."""
+    tmp = tmp_path_factory.mktemp("crowd")
+    lengths = [random.Random(u).randint(2, 9) for u in range(48)]
+    processed, prompts, records, rows = write_users(tmp, world["items"], PromptTemplate(max_history=5), lengths, 1)
+    return {**world, "tmp": tmp, "processed": processed, "prompts": prompts, "records": records, "rows": rows}
 
 
 def params(tmp: Path, **eval_overrides) -> Params:
@@ -263,37 +283,83 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("batch_size", [4, 16])  # 2 batches: one per process; 1 batch: the second process idles
-def test_two_processes_give_the_single_process_lists(world, tmp_path, root, batch_size):
-    """`accelerate launch` with 2 CPU processes (gloo): users sharded, lists gathered, files written once."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    import yaml
-
-    from genrec.config.params import to_dict
-
-    one = tmp_path / "one"
-    run(world, one, params(one, batch_size=batch_size), model_dir=world["adapter"])
-    two = tmp_path / "two"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params(two, batch_size=batch_size))))
+def launch(root: Path, profile: str, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` of configs/accelerate/<profile>.yaml with `args`, on a free port, one thread a process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     accelerate = Path(sys.executable).parent / "accelerate"
-    proc = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu2.yaml"),
-         "--main_process_port", str(port), "-m", "genrec.cli", "evaluate", "--params", str(tmp_path / "params.yaml"),
-         "--base", str(world["base"]), "--model", str(world["adapter"]), "--prompts", str(world["prompts"]),
-         "--processed", str(world["processed"]), "--metrics", str(two / "metrics.json"),
-         "--predictions", str(two / "predictions.jsonl")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    config = root / "configs" / "accelerate" / f"{profile}.yaml"
+    return subprocess.run([str(accelerate), "launch", "--config_file", str(config), "--main_process_port", str(port),
+                           *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+
+
+# 48 users of prompts of many lengths in batches of 4: 12 batches, 6 a process, each with the padding one process
+# gives it; 6 users in one batch of 16: the second process idles.
+@pytest.mark.parametrize("users, batch_size", [("crowd", 4), ("world", 16)])
+def test_two_processes_give_the_single_process_lists(request, tmp_path, root, users, batch_size):
+    """`accelerate launch` with 2 CPU processes (gloo): users sharded, lists gathered, files written once."""
+    import yaml
+
+    from genrec.config.params import to_dict
+
+    world = request.getfixturevalue(users)
+    one = tmp_path / "one"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process: a matmul's sums in the same order, to the bit
+    try:
+        run(world, one, params(one, batch_size=batch_size), model_dir=world["adapter"])
+    finally:
+        torch.set_num_threads(threads)
+    two = tmp_path / "two"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params(two, batch_size=batch_size))))
+    proc = launch(root, "cpu2", "-m", "genrec.cli", "evaluate", "--params", str(tmp_path / "params.yaml"),
+                  "--base", str(world["base"]), "--model", str(world["adapter"]), "--prompts", str(world["prompts"]),
+                  "--processed", str(world["processed"]), "--metrics", str(two / "metrics.json"),
+                  "--predictions", str(two / "predictions.jsonl"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_predictions(two / "predictions.jsonl") == read_predictions(one / "predictions.jsonl")
+    assert (two / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
     single, double = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
-    assert (single["processes"], double["processes"]) == (1, 2)
+    assert (single["users"], single["processes"], double["processes"]) == (len(world["records"]), 1, 2)
     ignored = (*TIMING, "processes")
     assert {k: v for k, v in double.items() if k not in ignored} == {k: v for k, v in single.items() if k not in ignored}
     assert sorted(p.name for p in two.iterdir()) == ["metrics.json", "predictions.jsonl"]  # written once, no leftovers
+
+
+def test_the_process_group_waits_eval_process_timeout(tmp_path, root):
+    """Both processes' group has the configured timeout (1234 s: not the 1800 s gloo would have without one)."""
+    script = tmp_path / "group.py"
+    script.write_text("import pathlib, sys, torch\n"
+                      "from genrec.models.genrec.evaluation import processes\n"
+                      "from genrec.models.processes import group_timeout\n"
+                      "state = processes(torch.device('cpu'), int(sys.argv[1]))\n"
+                      "seconds = group_timeout().total_seconds()\n"
+                      "pathlib.Path(sys.argv[2], f'rank{state.process_index}').write_text(f'{seconds:.0f}')\n")
+    proc = launch(root, "cpu2", str(script), "1234", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["1234", "1234"]
+
+
+def test_spread_gives_the_cpu_lists_without_a_gpu(world, tmp_path):
+    """eval.device=spread loads the backbone with device_map=auto over the GPUs; without CUDA, on the CPU."""
+    if torch_cuda():
+        pytest.skip("compares with the CPU, where spread loads without a GPU")
+    for device in ("cpu", "spread"):
+        run(world, tmp_path / device, params(tmp_path / device, device=device), model_dir=world["adapter"])
+    assert (tmp_path / "spread" / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "cpu" / "predictions.jsonl").read_bytes()
+
+
+def test_spread_under_several_processes_is_refused_naming_both_keys(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DataError) as err:
+        run(world, tmp_path, params(tmp_path, device="spread", accelerate_profile="cpu2"))
+    message = str(err.value)
+    assert "eval.device=spread" in message and "eval.accelerate_profile=cpu2 launched 2 processes" in message
+    assert "\n" not in message
+
+
+def test_an_accelerate_profile_that_does_not_exist_is_refused(world, tmp_path):
+    with pytest.raises(DataError, match=r"eval.accelerate_profile='8tpu': configs/accelerate/8tpu.yaml does not exist"):
+        run(world, tmp_path, params(tmp_path, accelerate_profile="8tpu"))

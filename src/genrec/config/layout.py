@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genrec.errors import DataError
+
 SPLITS = ("train", "valid", "test")
 """The leave-one-out parts, in sequence order: data/processed/<dataset>/<part>.parquet. Named only here."""
 
@@ -26,6 +28,20 @@ def accelerate_profile_path(profile: str) -> Path:
     if profile.endswith((".yaml", ".yml")):
         return Path(profile)
     return ACCELERATE_CONFIGS / f"{profile}.yaml"
+
+
+def check_accelerate_profile(profile: str, key: str) -> Path:
+    """The YAML file of `profile` (`accelerate_profile_path`).
+
+    Raises:
+        DataError: the file does not exist; the message names `key` and lists the profiles there are.
+    """
+    path = accelerate_profile_path(profile)
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))) or "none here"
+        raise DataError(f"{key}={profile!r}: {path} does not exist",
+                        fix=f"Use a profile in {ACCELERATE_CONFIGS}/ ({available}) or a path to an accelerate YAML")
+    return path
 
 
 def processed_dir(dataset: str) -> Path:

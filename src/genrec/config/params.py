@@ -148,6 +148,7 @@ NOT_PER_DATASET = {
     "dataset": "it names the dataset", "datasets": "it lists the datasets",
     DATASET_PARAMS: "entries do not nest",
     "train.accelerate_profile": "dvc.yaml reads it into the launch command of every dataset",
+    "eval.accelerate_profile": "dvc.yaml reads it into the launch command of every dataset",
 }
 """Keys a `dataset_params` entry may not set, each with the reason."""
 

@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
-from genrec.config.values import (SECTION, AdamW, Bool, CutOffs, Device, Dtype, EvalDtype, EvalSplit, Float,
-                                  GenrecText, HistoryFormat, IndexMethod, IndexMethods, IngestFormat, Int, LrScheduler, ModelInit,
-                                  PromoteMetric, ResumeMode, SasrecSelect, Sha256, Text, Texts, TrainFormat, related)
+from genrec.config.values import (SECTION, AdamW, Bool, CutOffs, Device, Dtype, EvalDevice, EvalDtype, EvalSplit,
+                                  Float, GenrecText, HistoryFormat, IndexMethod, IndexMethods, IngestFormat, Int,
+                                  LrScheduler, ModelInit, PromoteMetric, ResumeMode, SasrecSelect, Sha256, Text, Texts,
+                                  TrainFormat, related)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -174,8 +175,9 @@ class EvalParams:
     """Evaluate a seeded sample of this many users (quick runs); None: every user."""
     seed: Int = Field(42, ge=0)
     """Seed of the user sample and of the bootstrap."""
-    batch_size: Int = Field(32, ge=1)
-    """Users decoded together (each prefilled once, then num_beams rows per user)."""
+    batch_size: Annotated[Int, Field(ge=1)] | Literal["auto"] = 32
+    """Users decoded together (each prefilled once, then num_beams rows per user); auto: as many as the GPU's free
+    memory holds (`genrec.decoding.memory`), 32 on the CPU."""
     max_prompt_tokens: Int = Field(256, ge=1)
     """Prompt token budget (the paper's max input); the oldest history titles are dropped to fit."""
     length_penalty: Float = 1.0
@@ -195,9 +197,15 @@ class EvalParams:
     """Resamples of users for the 95% intervals."""
     dtype: EvalDtype = "auto"
     """Compute dtype: auto (the checkpoint's) | bfloat16 | float32 | float16."""
-    device: Device = "auto"
+    device: EvalDevice = "auto"
     """Where GenRec and P5 decode: auto (CUDA when torch sees a GPU: under accelerate, the process's own
-    GPU) | cpu | cuda (refused when there is none). Written into the metrics file."""
+    GPU) | cpu | cuda (refused when there is none) | spread (one process, GenRec's backbone layers spread over
+    every visible GPU; P5: as auto). Written into the metrics file."""
+    accelerate_profile: Text = "cpu"
+    """The GenRec evaluate stages' launch: configs/accelerate/<profile>.yaml (cpu | 1gpu | 4gpu) or a path to a
+    YAML file; several processes decode replicas of the model, each a share of the users."""
+    process_timeout: Int = Field(1800, ge=1)
+    """Seconds a collective waits for the slowest evaluation process (the process group's timeout)."""
 
     @model_validator(mode="after")
     def _cut_offs_within_beams(self) -> EvalParams:

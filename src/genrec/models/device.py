@@ -2,7 +2,9 @@
 
 `eval.device` (GenRec and P5 decoding) and `sasrec.device` are `auto | cpu | cuda`; P5 training has no
 key and always asks for `auto`. auto: the GPU when torch sees one, else the CPU. cuda: the GPU, or a
-`DataError` naming the key when there is none. cpu: the CPU.
+`DataError` naming the key when there is none. cpu: the CPU. `eval.device` may also be `spread`: GenRec
+loads its backbone over every visible GPU (`genrec.models.genrec.evaluation.load_model`); its inputs go
+where `auto` puts them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from genrec.errors import DataError
 
 
 def choose_device(requested: str = "auto", *, key: str = "eval.device", process_gpu: bool = True):
-    """The torch device for `requested` (auto | cpu | cuda).
+    """The torch device for `requested` (auto | cpu | cuda; spread as auto).
 
     Args:
         key: The param `requested` came from; the error for a missing GPU names it.
@@ -28,6 +30,7 @@ def choose_device(requested: str = "auto", *, key: str = "eval.device", process_
 
     if requested == "cpu":
         return torch.device("cpu")
+    requested = "auto" if requested == "spread" else requested
     if not torch.cuda.is_available():
         if requested == "cuda":
             raise DataError(f"{key}=cuda, but torch sees no CUDA device",

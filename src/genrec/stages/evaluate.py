@@ -12,6 +12,10 @@ a real title; titles the user already has are excluded when `exclude_history`. U
 paper's): free generation, a beam counts only if its text equals a catalogue title after
 whitespace normalisation, otherwise it is an invalid miss. A title shared by several items is one
 list entry holding all their ids; it is a hit when they include the target.
+
+dvc.yaml launches it under `eval.accelerate_profile` (not the training profile): several processes each
+decode a share of the users on a replica of the model; `eval.device=spread` is one process with the
+backbone's layers over every GPU, for a backbone no single GPU holds (docs/gpus.md).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import logging
 import time
 from pathlib import Path
 
-from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, load_model, processes, read_catalogue, read_records,
-                               user_exclusions, with_split_history)
+from genrec.config.layout import check_accelerate_profile
 from genrec.config.params import Params
+from genrec.errors import DataError
+from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, launched_processes, load_model, processes,
+                                             read_catalogue, read_records, user_exclusions, with_split_history)
 from genrec.evaluation.outputs import finish, sample_users, summarise
 from genrec.models.genrec.code_tokens import view_codes
 from genrec.tracking.runs import read_run_id
@@ -42,10 +48,15 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
         The metrics written, plus the two output paths.
 
     Raises:
-        DataError: missing or malformed inputs, an empty catalogue, or an adapter trained on
-            another backbone.
+        DataError: missing or malformed inputs, an empty catalogue, an adapter trained on another backbone,
+            a missing `eval.accelerate_profile`, or `eval.device=spread` under several processes.
     """
     e = params.eval
+    check_accelerate_profile(e.accelerate_profile, "eval.accelerate_profile")
+    if e.device == "spread" and launched_processes() > 1:
+        raise DataError(f"eval.device=spread loads one model over every GPU, but eval.accelerate_profile="
+                        f"{e.accelerate_profile} launched {launched_processes()} processes",
+                        fix="Set eval.accelerate_profile=1gpu with eval.device=spread, or eval.device=auto")
     start = time.perf_counter()
     base_dir, prompts_dir, processed_dir = Path(base_dir), Path(prompts_dir), Path(processed_dir)
     records = sample_users(read_records(prompts_dir / f"{e.split}.jsonl"), e.max_users, e.seed)
@@ -66,7 +77,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
         histories = [known.get(str(r["user_id"]), []) for r in records]
     # Under `accelerate launch` with several processes each decodes a block of users; every process gets
     # all the lists back, and the main process alone writes the files and the MLflow entries.
-    state = processes(model.device)
+    state = processes(model.device, e.process_timeout)
     lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
                                                   assistant=assistant, histories=histories, state=state)
     n_processes = state.num_processes if state is not None else 1

@@ -385,7 +385,8 @@ def test_packed_rows_never_attend_across_documents():
 
 
 def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
-    """The README's paper command for `4gpu` gives accumulation 8; the defaults stop with both keys named."""
+    """The README's `4gpu` command splits the default batch over 4 processes (accumulation 1); the defaults
+    alone stop with both keys named."""
     import re
 
     import yaml
@@ -398,7 +399,7 @@ def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
     params = load_params(root / "params.yaml", overrides)
     processes = yaml.safe_load((root / "configs" / "accelerate" / f"{params.train.accelerate_profile}.yaml").read_text())
     assert processes["num_processes"] == 4
-    assert sft_trainer.accumulation_steps(params.train, processes["num_processes"]) == 8
+    assert sft_trainer.accumulation_steps(params.train, processes["num_processes"]) == 1
     with pytest.raises(DataError, match=r"train\.batch_size=8 .* micro_batch_size") as err:
         sft_trainer.accumulation_steps(load_params(root / "params.yaml").train, processes["num_processes"])
     assert "\n" not in str(err.value) and "train.micro_batch_size" in str(err.value)

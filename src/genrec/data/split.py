@@ -257,13 +257,15 @@ def stats(ordered: pd.DataFrame, splits: dict[str, pd.DataFrame], filtering: dic
         filtering: the summary from `filter_interactions` (dropped counts, k-core passes).
 
     `history_length` is the number of interactions per kept user (train + valid + test);
-    `sparsity` is 1 - interactions / (users x items).
+    `sparsity` is 1 - user-item pairs / (users x items), counting a pair once however often the user came
+    back to the item (repeated interactions would otherwise push it below 0).
     """
     users, _ = codes(ordered["user_id"])
-    items, _ = codes(ordered["item_id"])
+    items, item_codes = codes(ordered["item_id"])
     lengths = np.bincount(users)
     lengths = lengths[lengths > 0]
     n_users, n_items = len(lengths), int(np.count_nonzero(np.bincount(items)))
+    pairs = len(np.unique(users.astype(np.int64) * item_codes + items))
     history = {name: float(np.quantile(lengths, q)) if n_users else 0.0 for name, q in QUANTILES.items()}
     history["max"] = int(lengths.max()) if n_users else 0
     return {
@@ -274,7 +276,7 @@ def stats(ordered: pd.DataFrame, splits: dict[str, pd.DataFrame], filtering: dic
         **filtering,
         **repeat_targets(splits),
         "history_length": history,
-        "sparsity": 1.0 - len(ordered) / (n_users * n_items) if n_users and n_items else 1.0,
+        "sparsity": 1.0 - pairs / (n_users * n_items) if n_users and n_items else 1.0,
     }
 
 

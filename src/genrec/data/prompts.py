@@ -257,7 +257,15 @@ def choose_instruction(seed: int, user_id: str, position: int, instructions: Seq
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """The ids of `text` read as text: a title holding `<|endoftext|>` or `<|im_start|>` gets the ids of those
+    characters, never the special token, so it neither ends a line early nor breaks the title trie."""
+    return list(text_token_ids(tokenizer, text, add_special_tokens=False))
+
+
+def text_token_ids(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """`tokenizer(text)`'s ids with every special token's text split as plain text (`split_special_tokens`);
+    the tokenizer's own special tokens (a BOS) are added as usual with `add_special_tokens`."""
+    return list(tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"])
 
 
 class SequenceEncoder:

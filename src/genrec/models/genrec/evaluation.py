@@ -20,7 +20,8 @@ import pandas as pd
 from genrec.errors import DataError
 from genrec.config.params import EvalParams
 from genrec.data.processed import read_part
-from genrec.data.prompts import PromptTemplate, SequenceEncoder, completion_token_ids, fit_to_token_budget
+from genrec.data.prompts import (PromptTemplate, SequenceEncoder, completion_token_ids, fit_to_token_budget,
+                                 text_token_ids)
 from genrec.data.sequences import read_histories
 from genrec.decoding.trie import Catalogue
 
@@ -237,7 +238,7 @@ def encode_prompts(records: list[dict], template: PromptTemplate, tokenizer, bud
             else:
                 prompt, _, dropped = fit_to_token_budget(template, record["instruction"], record["history_titles"],
                                                          "", tokenizer, budget)
-                ids = tokenizer(prompt)["input_ids"]  # special tokens as TRL adds them to training prompts
+                ids = text_token_ids(tokenizer, prompt)  # special tokens as TRL adds them to training prompts
         except ValueError as err:
             raise DataError(f"user {record['user_id']}: {err}", fix="raise eval.max_prompt_tokens") from None
         truncated += dropped > 0
@@ -307,13 +308,24 @@ def ranked_entries(hyps, catalogue: Catalogue, tokenizer, constrained: bool) -> 
 
 def beam_settings(e: EvalParams, tokenizer, end: int, token_ids: list[list[int]], *, num_beams: int | None = None,
                   prior_weight: float = 0.0):
-    """The search settings of `params.eval`, for titles `token_ids` ending with `end` (evaluation and serving)."""
+    """The search settings of `params.eval`, for titles `token_ids` ending with `end` (evaluation and serving).
+
+    Raises:
+        DataError: under constrained decoding, `eval.max_new_tokens` is too short for the longest title and its
+            end marker: a beam on it would be cut off and name no title, which the protocol rules out
+            (`invalid_beams: impossible`). Unconstrained decoding counts such beams as misses.
+    """
     from genrec.decoding.beam_search import BeamSettings
 
+    needed = max(len(t) for t in token_ids) + 1
+    if e.constrained and e.max_new_tokens is not None and e.max_new_tokens < needed:
+        raise DataError(f"eval.max_new_tokens={e.max_new_tokens} is shorter than the longest catalogue title "
+                        f"({needed - 1} tokens) plus its end marker",
+                        fix=f"set eval.max_new_tokens to at least {needed}, or null (the catalogue decides)")
     return BeamSettings(num_beams=num_beams or e.num_beams, length_penalty=float(e.length_penalty),
                         early_stopping=e.early_stopping, eos_token_id=end, ghost_threshold=e.ghost_threshold,
                         prior_weight=prior_weight, pad_token_id=pad_token_id(tokenizer),
-                        max_new_tokens=e.max_new_tokens or max(len(t) for t in token_ids) + 1)
+                        max_new_tokens=e.max_new_tokens or needed)
 
 
 def pad_token_id(tokenizer) -> int:

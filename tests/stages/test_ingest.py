@@ -153,3 +153,35 @@ def test_a_huge_title_is_cut_at_a_word_boundary_and_counted(tmp_path):
     assert titles["a"] == "A"
     assert len(titles["b"]) <= MAX_TITLE_CHARS and titles["b"].endswith("word") and huge.startswith(titles["b"])
     assert manifest(out)["titles_truncated"] == 1 and manifest(out)["max_title_chars"] == MAX_TITLE_CHARS
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200d\ufeff", "\u2060 \u00a0"])
+def test_an_invisible_title_is_refused_naming_the_row_or_dropped(tmp_path, invisible):
+    """A zero-width-space title was accepted; now it is an empty title: refused at its row, or dropped."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu1,c,3\n", encoding="utf-8")
+    (raw / "items.csv").write_text(f"item_id,title\na,A\nb,{invisible}\nc,C\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"items.csv, row 3, column 'title': item 'b' has no title"):
+        ingest.run(params("my-data"), raw_dir=raw, out_dir=tmp_path / "out", mirror=None)
+    ingest.run(params("my-data", drop_untitled=True), raw_dir=raw, out_dir=tmp_path / "out", mirror=None)
+    assert list(pd.read_parquet(tmp_path / "out" / "items.parquet")["title"]) == ["A", "C"]
+
+
+def test_nfc_and_nfd_forms_of_a_title_become_one_title_and_are_counted(tmp_path):
+    import unicodedata
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    title = "Amélie (2001)"
+    (raw / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu1,c,3\n", encoding="utf-8")
+    (raw / "items.csv").write_text(f"item_id,title\na,{unicodedata.normalize('NFC', title)}\n"
+                                   f"b,{unicodedata.normalize('NFD', title)}\nc,C\n", encoding="utf-8")
+    ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    titles = list(pd.read_parquet(out / "items.parquet")["title"])
+    assert titles == [unicodedata.normalize("NFC", title)] * 2 + ["C"]
+    assert manifest(out)["titles_nfc"] == {"changed": 1, "merged": 1}
+    (raw / "items.csv").write_text("item_id,title\na,A\nb,B\nc,C\n", encoding="utf-8")
+    shutil.rmtree(out)
+    ingest.run(params("my-data"), raw_dir=raw, out_dir=out, mirror=None)
+    assert "titles_nfc" not in manifest(out)  # a catalogue already in NFC: the manifest as before

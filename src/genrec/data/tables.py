@@ -13,6 +13,7 @@ import gzip
 import html
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -189,10 +190,13 @@ def truncate_titles(items: pd.DataFrame, limit: int = MAX_TITLE_CHARS) -> tuple[
 
 
 def normalise_title(title) -> str:
-    """HTML entities unescaped (`&amp;` -> `&`) and runs of whitespace collapsed to one space."""
+    """HTML entities unescaped (`&amp;` -> `&`) and runs of whitespace collapsed to one space; a title of only
+    invisible characters (zero-width spaces, other format and control characters) is empty, so it is refused
+    or dropped as untitled."""
     if not isinstance(title, str):
         return ""
-    return " ".join(html.unescape(title).split())
+    text = " ".join(html.unescape(title).split())
+    return text if any(unicodedata.category(c)[0] not in "CZ" for c in text) else ""
 
 
 def canonical(interactions: pa.Table, items: pd.DataFrame, *, interactions_path: Path, items_path: Path,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 from genrec.data.datasets import KNOWN, copy_hashing, dataset_source, extract_zip, fetch, read_sha256sums
@@ -48,6 +49,7 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, mirror: Path | None) ->
     log.info("reading %s (%s) from %s", params.dataset, fmt, raw_dir)
     interactions, items = READERS[fmt](interactions_path, items_path, drop_untitled=params.ingest.drop_untitled)
     check_not_empty(interactions, items, interactions_path, items_path, params.ingest.drop_untitled)
+    items, nfc = nfc_titles(items)
     items, truncated = truncate_titles(items)
     if truncated:
         log.warning("%s: %d titles longer than %d characters were cut at a word boundary", items_path, truncated,
@@ -57,6 +59,8 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, mirror: Path | None) ->
         "rows": {"interactions": len(interactions), "items": len(items),
                  "users": int(interactions["user_id"].nunique())},
         "titles_truncated": truncated, "max_title_chars": MAX_TITLE_CHARS,
+        # Only when a title changed, so that a catalogue already in NFC keeps a byte-identical manifest.
+        **({"titles_nfc": nfc} if nfc["changed"] else {}),
     }
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -65,6 +69,22 @@ def run(params: Params, *, raw_dir: Path, out_dir: Path, mirror: Path | None) ->
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("ingest %s: %s", params.dataset, manifest["rows"])
     return {name: out_dir / name for name in ("interactions.parquet", "items.parquet", "manifest.json")}
+
+
+def nfc_titles(items):
+    """Titles in Unicode NFC, so that one title typed in composed and decomposed forms ("é" as one code point or
+    as "e" + U+0301) is one catalogue title, with the tokens of one.
+
+    Returns:
+        (items, {"changed": titles rewritten, "merged": distinct titles that became equal to another}).
+    """
+    titles = items["title"].map(lambda title: unicodedata.normalize("NFC", title))
+    counts = {"changed": int((titles != items["title"]).sum()),
+              "merged": int(items["title"].nunique() - titles.nunique())}
+    if counts["changed"]:
+        log.warning("%d titles rewritten in Unicode NFC; %d were another title's other form", counts["changed"],
+                    counts["merged"])
+    return items.assign(title=titles), counts
 
 
 def check_not_empty(interactions, items, interactions_path: Path, items_path: Path, drop_untitled: bool) -> None:

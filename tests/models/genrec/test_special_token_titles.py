@@ -106,3 +106,19 @@ def test_a_decode_budget_shorter_than_the_longest_title_is_refused_in_one_line(w
     assert evaluate.run(p, base_dir=world["base"], model_dir=None, prompts_dir=world["prompts"],
                         processed_dir=world["processed"], metrics_path=tmp_path / "m.json",
                         predictions_path=tmp_path / "p.jsonl")["users"] == len(SEQUENCES)
+
+
+def test_the_instruction_format_refuses_a_title_holding_special_token_text_in_one_line(world, tmp_path):
+    """TRL tokenises the instruction format's text itself and would make EOS of `<|endoftext|>`: refused, naming
+    the prompts file, the row and the token (the sequence format trains such titles as text)."""
+    from genrec.models.genrec.sft_data import prompt_dataset
+
+    path = tmp_path / "train.jsonl"
+    rows = [{"user_id": "u0", "instruction": "Recommend.", "history_titles": ["Toy Story (1995)"],
+             "output": "Casino (1995)", "target_item_id": "3"},
+            {"user_id": "u1", "instruction": "Recommend.", "history_titles": ["Toy Story (1995)"],
+             "output": SPECIAL[0], "target_item_id": "0"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"row 2.*'<\|endoftext\|>'.*train\.format=sequence") as err:
+        prompt_dataset(path, PromptTemplate(max_history=5), tokenizer(world), 128, None, 0)
+    assert "\n" not in str(err.value)

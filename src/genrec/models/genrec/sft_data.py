@@ -145,6 +145,7 @@ def prompt_dataset(path: Path, template: PromptTemplate, tokenizer, max_tokens: 
     from tqdm import tqdm
 
     records = read_jsonl(path)
+    check_plain_titles(records, tokenizer, path)
     if limit is not None and len(records) > limit:
         records = random.Random(seed).sample(records, limit)
     prompts, completions, truncated, dropped = [], [], 0, 0
@@ -165,6 +166,27 @@ def prompt_dataset(path: Path, template: PromptTemplate, tokenizer, max_tokens: 
              dropped, max_tokens)
     stats = {"records": len(records), "truncated": truncated, "titles_dropped": dropped}
     return Dataset.from_dict({"prompt": prompts, "completion": completions}), stats
+
+
+def check_plain_titles(records: list[tuple[int, dict]], tokenizer, path: Path) -> None:
+    """Refuse a record whose titles hold a special token's text (`<|endoftext|>`): TRL tokenises the
+    instruction format's prompt and completion itself and would read it as that special token, where the
+    `sequence` format and evaluation read it as plain text (`genrec.data.prompts.text_token_ids`).
+
+    Raises:
+        DataError: naming the file, the row and the token.
+    """
+    specials = sorted({str(t) for t in tokenizer.all_special_tokens} | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)},
+        key=len, reverse=True)
+    for row, record in records:  # (file row, record), as read_jsonl gives them
+        for title in [*record.get("history_titles", []), record.get("output") or ""]:
+            token = next((t for t in specials if t and t in title), None)
+            if token is not None:
+                raise DataError(f"title {title!r} holds the special token {token!r}, which the instruction format "
+                                f"(tokenised by TRL) would read as that token", path=path, row=row,
+                                fix="Train with train.format=sequence, which reads titles as plain text, or rename "
+                                    "the title at ingest")
 
 
 def check_prepared(dataset, eos_token_id: int, max_length: int) -> dict:

@@ -116,22 +116,28 @@ def write_adapter(folder: Path, base: Path, p: Params, seed: int) -> Path:
     return folder
 
 
-def write_metrics(path: Path, split: str, ranks: list[int | None], predictions: Path | None = None,
-                  **eval_overrides) -> dict:
+def write_metrics(path: Path, split: str, ranks: list[int | None], predictions: Path | None = None, *,
+                  model_dir: Path | None = None, processed: Path | None = None, **eval_overrides) -> dict:
     """A metrics file exactly as `genrec evaluate` writes it, for users u0, u1... whose targets sit at `ranks`;
-    with `predictions`, the predictions file of the same evaluation too."""
-    from genrec.io import write_json
+    with `predictions`, the predictions file of the same evaluation too (and its sha256 in the metrics); with
+    `model_dir` and `processed`, the adapter's hash and the split's fingerprint, as an evaluation of them records."""
+    from genrec.io import split_fingerprint, write_json
     from genrec.evaluation.outputs import summarise, write_predictions
+    from genrec.tracking.registry import adapter_hash
 
     e = replace(EvalParams(bootstrap_samples=50), split=split, **eval_overrides)
     records = [{"user_id": f"u{u}", "target_item_id": "target"} for u in range(len(ranks))]
     lists = [[{"title": f"t{i}", "item_ids": ["target" if rank == i + 1 else f"other{i}"]} for i in range(10)]
              for rank in ranks]
     metrics = summarise(records, lists, e, 1.0, truncated=0, hopeless=0, shared_titles=0, max_new_tokens=8)
-    write_json(path, metrics)
+    if model_dir is not None:
+        metrics["model_sha256"] = adapter_hash(model_dir)
+    if processed is not None:
+        metrics["split_fingerprint"] = split_fingerprint(processed)
     if predictions is not None:
-        write_predictions(predictions, [{**r, "target_title": None, "ranked": entries}
-                                        for r, entries in zip(records, lists)])
+        metrics["predictions_sha256"] = write_predictions(predictions, [{**r, "target_title": None, "ranked": entries}
+                                                                        for r, entries in zip(records, lists)])
+    write_json(path, metrics)
     return metrics
 
 
@@ -151,8 +157,10 @@ def promote(w: dict, name: str, seed: int, valid_ranks: list, test_ranks: list, 
     model_dir = paths.pop("model_dir", None) or write_adapter(folder / "model", w["base"], w["params"], seed)
     params = paths.pop("params", None) or w["params"]
     overrides = paths.pop("eval", {})
-    write_metrics(folder / "valid.json", "valid", valid_ranks, predictions=folder / "valid.jsonl", **overrides)
-    write_metrics(folder / "test.json", "test", test_ranks, **overrides)
+    evidence = {"model_dir": model_dir, "processed": w["processed"]}
+    write_metrics(folder / "valid.json", "valid", valid_ranks, predictions=folder / "valid.jsonl", **evidence,
+                  **overrides)
+    write_metrics(folder / "test.json", "test", test_ranks, **evidence, **overrides)
     kwargs = dict(model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
                   valid_metrics_path=folder / "valid.json", valid_predictions_path=folder / "valid.jsonl",
                   test_metrics_path=folder / "test.json", out_path=folder / "promotion.json")

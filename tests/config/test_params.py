@@ -390,3 +390,11 @@ def test_promote_metric_is_any_ranking_metric_and_nothing_else():
     with pytest.raises(ParamsError, match="promote.metric"):
         load_params(PARAMS_YAML, ["promote.metric=mrr_at_10"])
     assert set(RANKING_METRIC.pattern.split(")")[0].strip("(").split("|")) == set(PER_USER)
+
+
+def test_promote_samples_are_capped_and_min_users_is_at_least_one(root):
+    with pytest.raises(ParamsError, match=r"promote\.samples: 1000000000000 resamples: at most 100000"):
+        load_params(root / "params.yaml", ["promote.samples=1000000000000"])
+    with pytest.raises(ParamsError, match=r"promote\.min_users: expected an integer >= 1, got 0"):
+        load_params(root / "params.yaml", ["promote.min_users=0"])
+    assert load_params(root / "params.yaml", ["promote.samples=100000"]).promote.samples == 100_000

@@ -16,7 +16,7 @@ import torch
 from genrec.evaluation import scoring as baselines
 from genrec.models.sasrec import model as sasrec
 from genrec.errors import DataError
-from genrec.io import split_fingerprint
+from genrec.io import fingerprint, sha256_file, split_fingerprint
 from genrec.config.params import Params
 from genrec.stages import mostpop
 from genrec.stages import sasrec as sasrec_stage
@@ -156,6 +156,10 @@ def test_sasrec_beats_random_and_mostpop_on_sequential_data(tmp_path):
 
     written = json.loads((tmp_path / "sasrec.json").read_text())
     assert written["split_fingerprint"] == split_fingerprint(split) == floor["split_fingerprint"]
+    # What each ranked from: SASRec's saved folder; MostPop, which has no weights, the training part and catalogue.
+    assert written["model_sha256"] == fingerprint(tmp_path / "model")
+    assert floor["model_sha256"] == fingerprint(split / "train.parquet", split / "items.parquet")
+    assert written["predictions_sha256"] == sha256_file(tmp_path / "sasrec.jsonl")
     expected = {"hr_at_5", "ndcg_at_10", "ci95_low", "ci95_high", "train_seconds", "eval_seconds", "protocol"}
     assert expected <= set(written)
     rows = [json.loads(line) for line in (tmp_path / "sasrec.jsonl").read_text().splitlines()]

@@ -363,3 +363,67 @@ def test_spread_under_several_processes_is_refused_naming_both_keys(world, tmp_p
 def test_an_accelerate_profile_that_does_not_exist_is_refused(world, tmp_path):
     with pytest.raises(DataError, match=r"eval.accelerate_profile='8tpu': configs/accelerate/8tpu.yaml does not exist"):
         run(world, tmp_path, params(tmp_path, accelerate_profile="8tpu"))
+
+
+def test_the_metrics_name_the_adapter_the_split_and_their_predictions(world, tmp_path):
+    from genrec.io import fingerprint, sha256_file, split_fingerprint
+    from genrec.tracking import registry
+
+    tuned = run(world, tmp_path / "lora", model_dir=world["adapter"])
+    assert tuned["model_sha256"] == registry.adapter_hash(world["adapter"])  # what the registry version is tagged
+    assert tuned["split_fingerprint"] == split_fingerprint(world["processed"])
+    assert tuned["predictions_sha256"] == sha256_file(tmp_path / "lora" / "predictions.jsonl")
+    bare = run(world, tmp_path / "bare")
+    assert bare["model_sha256"] == fingerprint(world["base"])
+
+
+def dvc(args: list[str], cwd: Path) -> str:
+    from conftest import tool_env
+
+    result = subprocess.run(["dvc", *args], cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_a_hand_run_evaluation_leaves_the_stage_record_and_becomes_a_nested_run(world, tmp_path, root):
+    """`dvc repro` (real DVC) evaluates into the training run; a hand-run evaluation of another protocol, even on
+    the same file names, is a run nested under it; the training run keeps the stage's metrics and artifacts."""
+    import yaml
+    from conftest import tool_env
+
+    from genrec.config.params import to_dict
+    from genrec.tracking import runs as tracking
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    p = params(repo, accelerate_profile=str(root / "configs" / "accelerate" / "cpu.yaml"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(to_dict(p)))
+    adapter = repo / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    with tracking.start_or_resume_run(p, run_name="train") as active:
+        tracking.write_run_file(adapter / tracking.RUN_FILE, active)
+    command = ["genrec", "evaluate", "--params", "params.yaml", "--base", str(world["base"]), "--model", "adapter",
+               "--prompts", str(world["prompts"]), "--processed", str(world["processed"]),
+               "--metrics", "metrics/genrec.json", "--predictions", "predictions/genrec.jsonl"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
+        "cmd": " ".join(command), "outs": ["predictions/genrec.jsonl"], "metrics": ["metrics/genrec.json"]}}}))
+    dvc(["init", "--no-scm", "-q"], repo)
+    dvc(["repro", "-q"], repo)
+    stage = (repo / "metrics" / "genrec.json").read_text()
+    by_hand = subprocess.run([*command[:-4], "--set", "eval.max_users=3", "--metrics", "hand/genrec.json",
+                              "--predictions", "hand/genrec.jsonl"], cwd=repo, env=tool_env(),
+                             capture_output=True, text=True)
+    assert by_hand.returncode == 0, by_hand.stderr
+
+    client = tracking.mlflow_client(p)
+    trained = client.get_run(active.info.run_id)
+    assert trained.data.metrics["test.users"] == USERS  # the stage's, not the 3 users of the hand-run
+    assert trained.data.metrics["test.hr_at_10"] == json.loads(stage)["hr_at_10"]
+    assert trained.data.tags["genrec.eval.test.stage"] == "evaluate"  # DVC's DVC_STAGE
+    assert json.loads(trained.data.tags["genrec.eval.test.record"])["protocol.max_users"] is None
+    logged = client.download_artifacts(active.info.run_id, "eval/test/genrec.json", str(tmp_path / "download"))
+    assert Path(logged).read_text() == stage  # the artifact of the same name is still the stage's
+    [nested] = client.search_runs([trained.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{active.info.run_id}'")
+    assert nested.data.metrics["test.users"] == 3 and nested.data.tags["genrec.eval.differs"] == "protocol.max_users"
+    assert nested.data.tags["genrec.family"] == "evaluation" and nested.data.params["eval.max_users"] == "3"

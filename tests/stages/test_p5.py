@@ -13,6 +13,7 @@ import torch
 
 from genrec.models.p5 import model as p5
 from genrec.errors import DataError
+from genrec.io import fingerprint
 from genrec.indexing.codes import ItemCodes, random_codes
 from genrec.config.params import EvalParams, P5Params, Params, PromptsParams, TrackingParams
 from genrec.models.p5 import ranking as p5_ranking
@@ -96,6 +97,7 @@ def test_evaluate_writes_genrec_format_and_beats_random(trained):
     assert written["index"] == method and written["protocol"]["max_new_tokens"] == written["index_depth"] + 1
     assert written["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert written["users"] == N_USERS and len(written["split_fingerprint"]) == 64
+    assert written["model_sha256"] == fingerprint(tmp / "model")  # the checkpoint folder evaluated
     for key in ("hr_at_5", "ndcg_at_5", "hr_at_10", "ndcg_at_10"):
         assert 0 <= written["ci95_low"][key] <= written[key] <= written["ci95_high"][key] <= 1
     assert written["valid_beam_share"] == 1.0 and written["duplicate_beam_share"] == 0.0

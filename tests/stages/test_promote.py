@@ -218,7 +218,8 @@ def semantic_version(w, name: str, seed: int, valid_ranks: list, test_ranks: lis
     model_dir = tiny.write_adapter(folder / "model", w["base"], w["params"], seed)
     for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
         predictions = folder / "valid.jsonl" if split == "valid" else None
-        metrics = tiny.write_metrics(folder / f"{split}.json", split, ranks, predictions=predictions)
+        metrics = tiny.write_metrics(folder / f"{split}.json", split, ranks, predictions=predictions,
+                                     model_dir=model_dir, processed=w["processed"])
         (folder / f"{split}.json").write_text(json.dumps({**metrics, "index": "semantic", "leaky": False}))
     return ["--model", str(model_dir), "--base", str(w["base"]), "--processed", str(w["processed"]),
             "--valid-metrics", str(folder / "valid.json"), "--valid-predictions", str(folder / "valid.jsonl"),
@@ -278,3 +279,85 @@ def test_across_representations_compares_them_and_the_better_version_takes_the_a
     assert report["promote"]["across_representations"] is True and report["moved"]
     assert (report["previous_champion"]["items"], report["champion"]["items"]) == ("title", "semantic")
     assert "and item representation" not in report["rule"]
+
+
+def promote_command_line(w, tmp_path, folder, model_dir, **files) -> list[str]:
+    """`genrec promote` options: the world's params and split, `model_dir`, and `folder`'s files unless replaced."""
+    import yaml
+
+    from genrec.config.params import to_dict
+
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(to_dict(w["params"])))
+    paths = {"valid-metrics": folder / "valid.json", "valid-predictions": folder / "valid.jsonl",
+             "test-metrics": folder / "test.json", "processed": w["processed"], **files}
+    return ["--params", str(params_path), "--model", str(model_dir), "--base", str(w["base"]),
+            *(f"--{option}={path}" for option, path in paths.items()), "--out", str(tmp_path / "promotion.json")]
+
+
+def one_error_line(result) -> str:
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and result.output.rstrip().endswith(errors[0]), result.output
+    return errors[0]
+
+
+def test_metrics_of_another_adapter_are_refused_in_one_line(history, tmp_path):
+    from click.testing import CliRunner
+
+    from genrec.cli import promote as promote_command
+
+    w, _ = history
+    before = state(w)
+    other = tiny.write_adapter(tmp_path / "other", w["base"], w["params"], seed=11)  # never evaluated
+    result = CliRunner().invoke(promote_command, promote_command_line(w, tmp_path, w["tmp"] / "better", other))
+    line = one_error_line(result)
+    better = json.loads((w["tmp"] / "better" / "valid.json").read_text())
+    assert "valid.json, column 'model_sha256': valid metrics of another model" in line
+    assert better["model_sha256"][:12] in line and registry.adapter_hash(other)[:12] in line
+    assert "dvc repro evaluate_valid" in line
+    assert state(w) == before and not (tmp_path / "promotion.json").exists()
+
+
+def test_metrics_of_another_split_are_refused(history, tmp_path):
+    from click.testing import CliRunner
+
+    from genrec.cli import promote as promote_command
+
+    w, _ = history
+    before = state(w)
+    other_split = tiny.write_split(tmp_path / "processed", shuffle=True)  # the same rows, other bytes
+    assert split_fingerprint(other_split) != split_fingerprint(w["processed"])
+    result = CliRunner().invoke(promote_command, promote_command_line(
+        w, tmp_path, w["tmp"] / "better", w["tmp"] / "better" / "model", processed=other_split))
+    line = one_error_line(result)
+    assert "column 'split_fingerprint': valid metrics of another split" in line and "--processed's split" in line
+    assert state(w) == before
+
+
+@pytest.mark.parametrize("problem", ["test metrics of another model", "predictions of another evaluation",
+                                     "metrics without the model hash"])
+def test_files_that_are_not_this_evaluation_of_this_adapter_are_refused(history, tmp_path, problem):
+    from click.testing import CliRunner
+
+    from genrec.cli import promote as promote_command
+
+    w, _ = history
+    before = state(w)
+    folder, model_dir = w["tmp"] / "better", w["tmp"] / "better" / "model"
+    files = {}
+    if problem == "test metrics of another model":
+        files["test-metrics"] = w["tmp"] / "tie" / "test.json"
+        expected = "test.json, column 'model_sha256': test metrics of another model"
+    elif problem == "predictions of another evaluation":  # as many users, other ranks
+        tiny.write_metrics(tmp_path / "valid.json", "valid", [2, 3], predictions=tmp_path / "valid.jsonl")
+        files["valid-predictions"] = tmp_path / "valid.jsonl"
+        expected = f"{tmp_path / 'valid.jsonl'}: not the predictions of {folder / 'valid.json'}"
+    else:
+        metrics = json.loads((folder / "valid.json").read_text())
+        del metrics["model_sha256"]
+        (tmp_path / "valid.json").write_text(json.dumps(metrics))
+        files["valid-metrics"] = tmp_path / "valid.json"
+        expected = "column 'model_sha256': valid metrics without model_sha256"
+    result = CliRunner().invoke(promote_command, promote_command_line(w, tmp_path, folder, model_dir, **files))
+    assert expected in one_error_line(result)
+    assert state(w) == before

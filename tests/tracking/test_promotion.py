@@ -248,3 +248,37 @@ def test_only_versions_of_the_newcomers_representation_compete():
     assert (moved.champion, moved.moved) == ("3", True)  # the semantic version, though higher, is no challenger
     assert promotion.choose_champion([titles, semantic, untagged], None, untagged,
                                      across_representations=True).champion == "2"
+
+
+def test_a_paired_test_over_fewer_than_min_users_keeps_the_champion_whatever_p_says():
+    v1, v2 = version(1, 0.0), version(2, 1.0)
+    one_user = lambda a, b: {"users": 1, "diff": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "p_value": 0.0002,
+                             "wins": 1, "losses": 0, "users_differing": 1}
+    kept = promotion.choose_champion([v1, v2], v1, v2, alpha=0.05, compare=one_user, min_users=30)
+    assert (kept.champion, kept.moved) == ("1", False)
+    assert "over 1 users, ranks differing for 1" in kept.reason and "promote.min_users (30)" in kept.reason
+    assert kept.test["min_users"] == 30 and kept.test["users_differing"] == 1
+    assert promotion.choose_champion([v1, v2], v1, v2, alpha=0.05, compare=one_user, min_users=1).moved
+
+
+@pytest.fixture(scope="module")
+def one_user(tmp_path_factory):
+    """Two versions validated on one user (a miss, then a hit), promoted with the default promote params."""
+    w = tiny.world(tmp_path_factory.mktemp("one_user"))
+    steps = {"first": tiny.promote(w, "first", 1, [None], [None]),
+             "second": tiny.promote(w, "second", 2, [1], [None])}
+    steps["tags"] = dict(tracking.mlflow_client(w["params"]).get_model_version(NAME, "2").tags)
+    return w, steps
+
+
+def test_one_validation_user_cannot_make_a_challenger_significant(one_user):
+    _, steps = one_user
+    second = steps["second"]
+    assert (second["champion"]["version"], second["moved"]) == (1, False)
+    test = second["test"]
+    assert test["users"] == 1 and test["users_differing"] == 1 and test["p_value"] < 0.05  # 2/(samples+1)
+    assert second["promote"]["min_users"] == 30
+    assert "fewer users than promote.min_users (30)" in second["reason"] and "ranks differing for 1" in second["reason"]
+    assert "at least 30 validation users" in second["rule"]
+    tags = steps["tags"]
+    assert tags["promotion.users_differing"] == "1" and tags["promotion.decision"] == "champion 1 kept"

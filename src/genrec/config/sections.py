@@ -348,6 +348,10 @@ class ReportParams:
     """Per-k curves (HR@k, NDCG@k) run over k = 1..max_k."""
 
 
+MAX_PROMOTE_SAMPLES = 100_000
+"""The most bootstrap resamples `promote.samples` takes."""
+
+
 @dataclass(frozen=True, config=SECTION)
 class PromoteParams:
     metric: PromoteMetric = "ndcg_at_10"
@@ -355,11 +359,20 @@ class PromoteParams:
     alpha: Float | None = Field(0.05, gt=0, lt=1)
     """A challenger takes `champion` only if a paired bootstrap gives p < alpha; null: a higher score is enough."""
     samples: Int = Field(10000, ge=1)
-    """Bootstrap resamples of the validation users for the paired test (p resolves down to 2/(samples+1))."""
+    """Bootstrap resamples of the validation users for the paired test (p resolves down to 2/(samples+1)), <= 100000."""
     seed: Int = Field(42, ge=0)
     """Seed of the paired bootstrap."""
+    min_users: Int = Field(30, ge=1)
+    """Fewest validation users the paired test may decide on: below it the champion is kept, whatever p says."""
     across_representations: Bool = False
     """Compare versions that name items differently (tag `genrec.items`); false: such a champion is refused."""
+
+    @model_validator(mode="after")
+    def _samples_at_most_the_cap(self) -> PromoteParams:
+        if self.samples > MAX_PROMOTE_SAMPLES:
+            raise related("samples", f"{self.samples} resamples: at most {MAX_PROMOTE_SAMPLES} (p resolves down "
+                                     "to 2/(samples+1) = 2e-5 there already; more only costs time and memory)")
+        return self
 
     @model_validator(mode="after")
     def _alpha_above_the_smallest_p_value(self) -> PromoteParams:

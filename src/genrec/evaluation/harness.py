@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from genrec.config.params import Params
+from genrec.data.processed import part_path
 from genrec.evaluation import scoring
 from genrec.evaluation.outputs import finish
-from genrec.io import atomic_path
+from genrec.io import atomic_path, fingerprint
 from genrec.models.interface import Recommender, save_model
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,15 @@ def evaluate_recommender(recommender: Recommender, params: Params, *, processed_
     start = time.perf_counter()
     facts = recommender.fit(data)
     train_seconds = round(time.perf_counter() - start, 2)
+    saved = False
     if model_dir is not None:
         with atomic_path(model_dir) as tmp:
-            if not save_model(recommender, tmp, {"train_seconds": train_seconds, **facts}):
+            saved = save_model(recommender, tmp, {"train_seconds": train_seconds, **facts})
+            if not saved:
                 tmp.mkdir(parents=True)
+    # The metrics' `model_sha256`: the saved model, or for a model without weights (MostPop) what it is fitted on.
+    model_sha256 = fingerprint(model_dir) if saved else fingerprint(*(part_path(processed_dir, name)
+                                                                     for name in ("train", "items")))
 
     users = scoring.evaluation_users(data, e.max_users, e.seed)
     histories, targets = scoring.eval_cases(data, e.split, users)
@@ -55,7 +61,8 @@ def evaluate_recommender(recommender: Recommender, params: Params, *, processed_
     count_truncated = getattr(recommender, "truncated", None)
     metrics, predictions = scoring.evaluate_ranking(data, users, targets, codes, values, e, seconds=seconds,
                                                     truncated=count_truncated(histories) if count_truncated else 0)
-    written = finish(params, metrics, predictions, model=recommender.name, metrics_path=metrics_path,
-                     predictions_path=predictions_path, processed_dir=processed_dir, started=start,
+    written = finish(params, metrics, predictions, model=recommender.name, model_sha256=model_sha256,
+                     metrics_path=metrics_path, predictions_path=predictions_path, processed_dir=processed_dir,
+                     started=start,
                      train_seconds=train_seconds, new_run={"params": run_params or {}}, **facts)
     return {**written, **({"model_dir": str(model_dir)} if model_dir is not None else {})}

@@ -2,17 +2,27 @@
 
 Writing: the seeded user sample (`sample_users`), the protocol dict (`protocol_of`), the counts and integrity
 shares (`summary`), GenRec's and P5's metrics from their lists (`summarise`), and `finish`, the one call that
-ends every evaluate stage (model name, split fingerprint and timings added; predictions, then metrics written
-atomically; HR/NDCG logged; both logged into the model's MLflow run). Reading: `load_metrics`,
-`check_same_split`, `read_ranks`, `attach_ranks` (the report, Table 1, promotion and `genrec seeds`).
+ends every evaluate stage (model name, the model's content hash, the split fingerprint, the predictions file's
+sha256 and timings added; predictions, then metrics written atomically; HR/NDCG logged; both logged into the
+model's MLflow run, or a run nested under it: `log_to_mlflow`). Reading: `load_metrics`, `check_same_split`,
+`read_ranks`, `attach_ranks` (the report, Table 1, promotion and `genrec seeds`).
+
+Evidence. A metrics file names what it measured: `model_sha256` (the evaluated model's content hash),
+`split_fingerprint` and `predictions_sha256` (the sha256 of the predictions file written with it). The
+predictions file stays plain JSON lines, one user a line: a hash on every row would repeat 64 characters per
+user and a header line would break every JSON-lines reader, while the metrics file is already the predictions'
+companion (one stage writes both, one `dvc.yaml` entry names both), so its digest binds the pair with no new
+file. `genrec promote` refuses metrics or predictions that do not match its --model and --processed.
 Metric names come from `eval.k` through `genrec.evaluation.metrics.metric_names`, nowhere else.
 Light on purpose: no model code, so the baselines' stages depend on this module and not on the search.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -26,6 +36,17 @@ from genrec.config.params import EvalParams, Params
 from genrec.models.table import order_key
 
 log = logging.getLogger(__name__)
+
+DVC_STAGE = "DVC_STAGE"
+"""Set by DVC for every stage command it runs, to the stage's name (`evaluate@ml-latest-small`)."""
+RECORD_TAG = "genrec.eval.{split}.record"
+"""Run tag: what the run's `<split>.*` metrics measured (protocol, seed, split, model), as JSON."""
+STAGE_TAG = "genrec.eval.{split}.stage"
+"""Run tag: the DVC stage that wrote the run's `<split>.*` record ("none" outside DVC)."""
+EVIDENCE = ("model", "model_sha256", "split_fingerprint", "predictions_sha256", "train_seconds", "eval_seconds")
+"""The keys `finish` adds to every metrics file."""
+
+
 def sample_users(records: list[dict], max_users: int | None, seed: int) -> list[dict]:
     """A seeded sample of `max_users` records (one per user), kept in file order; all when None."""
     if max_users is None or max_users >= len(records):
@@ -76,34 +97,57 @@ def summarise(records: list[dict], lists: list[list[dict]], e: EvalParams, secon
                    protocol_dict=protocol_of(e, max_new_tokens=counts["max_new_tokens"], **(protocol or {})))
 
 
-def write_predictions(path: str | Path, rows: Iterable[dict]) -> None:
+def write_predictions(path: str | Path, rows: Iterable[dict]) -> str:
     """Every model's predictions file: JSON lines, one user a line, written atomically.
 
     Each row is {user_id, target_item_id, target_title, ranked: [{title, item_ids, score, ...}]}.
+
+    Returns:
+        The sha256 of the bytes written (`genrec.io.sha256_file` of the file).
     """
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
+    digest = hashlib.sha256()
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+            digest.update(line)
+            f.write(line)
+    return digest.hexdigest()
 
 
 def log_to_mlflow(params: Params, metrics_path: Path, predictions_path: Path, *, run_id: str | None = None,
                   new_run: dict | None = None, model: str = "genrec", processed_dir: Path | None = None) -> str:
     """Log a metrics file (prefixed by `eval.split`) and its predictions file into MLflow; returns the run id.
 
-    Into the run `run_id` when given (a model's training run), else into a new run named `model` (tag
-    `genrec.family=<model>`, with `new_run`'s params and tags). The evaluated part of the split in
-    `processed_dir` becomes the run's `evaluation` dataset input.
+    Into the run `run_id` when given (a model's training run), as its `<split>.*` record when this is the stage's
+    evaluation (`record_differs` is empty), else into a run nested under it; into a new run named `model` (tag
+    `genrec.family=<model>`, with `new_run`'s params and tags) when `run_id` is None. The evaluated part of the
+    split in `processed_dir` becomes the run's `evaluation` dataset input.
     """
     import mlflow
 
     from genrec.tracking import runs as tracking
 
     prefix = params.eval.split
+    record = evaluation_record(json.loads(Path(metrics_path).read_text(encoding="utf-8")))
+    stage = {STAGE_TAG.format(split=prefix): os.environ.get(DVC_STAGE) or "none"}
+    differs = [] if run_id is None else record_differs(tracking.mlflow_client(params).get_run(run_id), prefix, record)
     new_run = new_run or {}
-    tags = {"genrec.family": model, **new_run.get("tags", {})} if run_id is None else None
-    with tracking.start_or_resume_run(params, run_id=run_id, run_name=model if run_id is None else None,
-                                      tags=tags) as run:
-        if run_id is None:
+    if run_id is not None and not differs:
+        target = {"run_id": run_id}
+    elif run_id is not None:
+        # Not the stage's evaluation: a run of its own under the training run, so that the training run's
+        # `<split>.*` metrics and `eval/<split>` artifacts stay those of the stage.
+        target = {"run_name": f"{model}-{prefix}-by-hand", "tags": {
+            "genrec.family": "evaluation", "genrec.model": model, "mlflow.parentRunId": run_id,
+            "genrec.eval.differs": ", ".join(differs), **stage}}
+        log.info("%s: this %s evaluation differs from the record of run %s in %s; logged as a nested run", model,
+                 prefix, run_id, ", ".join(differs))
+    else:
+        target = {"run_name": model, "tags": {"genrec.family": model, **stage, **new_run.get("tags", {})}}
+    with tracking.start_or_resume_run(params, **target) as run:
+        if "run_id" in target:
+            mlflow.set_tags({RECORD_TAG.format(split=prefix): json.dumps(record, sort_keys=True), **stage})
+        else:
             tracking.log_params(params, new_run.get("params"))
         logged = tracking.log_metrics_file(metrics_path, prefix=prefix)
         mlflow.log_artifact(str(metrics_path), artifact_path=f"eval/{prefix}")
@@ -114,26 +158,55 @@ def log_to_mlflow(params: Params, metrics_path: Path, predictions_path: Path, *,
         return run.info.run_id
 
 
-def finish(params: Params, metrics: dict, predictions: Iterable[dict], *, model: str, metrics_path: Path,
-           predictions_path: Path, processed_dir: Path, started: float, train_seconds: float | None = None,
-           run_id: str | None = None, new_run: dict | None = None, **extra) -> dict:
+def evaluation_record(metrics: dict) -> dict:
+    """What a metrics file measured, flat: `protocol.<key>` for each protocol entry, seed, split and model hash."""
+    return {**{f"protocol.{k}": v for k, v in (metrics.get("protocol") or {}).items()},
+            **{k: metrics.get(k) for k in ("seed", "split_fingerprint", "model_sha256")}}
+
+
+def record_differs(run, split: str, record: dict) -> list[str]:
+    """The entries of `record` that differ from the MLflow `run`'s `<split>` record; [] for the stage's evaluation.
+
+    The stage's evaluation is the one DVC runs: DVC sets `DVC_STAGE` for every stage command, so under
+    `dvc repro` or `dvc exp run` the evaluate stage always writes the record. Outside DVC (a command typed by
+    hand, a test) an evaluation writes it only while the run holds none for this split, or when it measured
+    exactly what the record measured (protocol, seed, split fingerprint and model hash all equal).
+    """
+    if os.environ.get(DVC_STAGE):
+        return []
+    held = run.data.tags.get(RECORD_TAG.format(split=split))
+    if held is None:
+        return []
+    held = json.loads(held)
+    return sorted(k for k in set(held) | set(record) if held.get(k) != record.get(k))
+
+
+def finish(params: Params, metrics: dict, predictions: Iterable[dict], *, model: str, model_sha256: str,
+           metrics_path: Path, predictions_path: Path, processed_dir: Path, started: float,
+           train_seconds: float | None = None, run_id: str | None = None, new_run: dict | None = None,
+           **extra) -> dict:
     """End an evaluate stage: complete the metrics, write predictions then metrics, log them.
 
-    Adds `model`, the split fingerprint of `processed_dir`, `train_seconds`, `eval_seconds` (since `started`,
-    a `time.perf_counter()` value) and `extra` to `metrics`; writes the predictions file, then the metrics file
-    (each atomically); logs HR/NDCG@10; and logs both files and the evaluated split into MLflow: into the run
-    `run_id` (the model's training run), or into a new run of the dataset's experiment when `new_run` is given
-    ({"params": {...}, "tags": {...}}: a model that has no training run of its own), else nowhere.
+    Adds `model`, `model_sha256` (the evaluated model's content hash: GenRec's adapter as
+    `registry.adapter_hash` computes it, a checkpoint folder's `genrec.io.fingerprint`, or for a model without
+    weights the hash of the data it ranks from), the split fingerprint of `processed_dir`, the predictions
+    file's sha256 (`predictions_sha256`), `train_seconds`, `eval_seconds` (since `started`, a
+    `time.perf_counter()` value) and `extra` to `metrics`; writes the predictions file, then the metrics file
+    (each atomically); logs HR/NDCG@10; and logs both files and the evaluated split into MLflow
+    (`log_to_mlflow`): into the run `run_id` (the model's training run), or into a new run of the dataset's
+    experiment when `new_run` is given ({"params": {...}, "tags": {...}}: a model that has no training run of
+    its own), else nowhere.
 
     Returns:
         The metrics written, plus the two output paths.
     """
-    clash = sorted(set(extra) & (set(metrics) | {"model", "split_fingerprint", "train_seconds", "eval_seconds"}))
+    clash = sorted(set(extra) & (set(metrics) | set(EVIDENCE)))
     if clash:
         raise ValueError(f"{model}: facts {clash} would overwrite the evaluation's own keys; rename them")
-    metrics.update(model=model, split_fingerprint=split_fingerprint(processed_dir), train_seconds=train_seconds,
+    predictions_sha256 = write_predictions(predictions_path, predictions)
+    metrics.update(model=model, model_sha256=model_sha256, split_fingerprint=split_fingerprint(processed_dir),
+                   predictions_sha256=predictions_sha256, train_seconds=train_seconds,
                    eval_seconds=round(time.perf_counter() - started, 2), **extra)
-    write_predictions(predictions_path, predictions)
     write_json(metrics_path, metrics)
     log.info("%s on %d users: HR@10 %.4f NDCG@10 %.4f -> %s", model, metrics["users"],
              metrics.get("hr_at_10", float("nan")), metrics.get("ndcg_at_10", float("nan")), metrics_path)

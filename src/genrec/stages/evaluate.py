@@ -31,6 +31,7 @@ from genrec.errors import DataError
 from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, launched_processes, load_model, processes,
                                              read_catalogue, read_records, user_exclusions, with_split_history)
 from genrec.evaluation.outputs import finish, sample_users, summarise
+from genrec.io import fingerprint
 from genrec.models.genrec.code_tokens import view_codes
 from genrec.tracking.runs import read_run_id
 
@@ -101,10 +102,25 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     predictions = [{"user_id": r["user_id"], "target_item_id": r["target_item_id"], "target_title": r.get("output"),
                     "ranked": entries} for r, entries in zip(records, lists)]
     return finish(params, metrics, predictions, model=name + ("+sasrec" if assistant is not None else ""),
+                  model_sha256=model_hash(base_dir, model_dir, assistant_dir if assistant is not None else None),
                   metrics_path=metrics_path, predictions_path=predictions_path, processed_dir=processed_dir,
                   started=start, train_seconds=_train_seconds(model_dir), run_id=run_id, new_run=new_run,
                   device=model.device.type, processes=n_processes,
                   **({"index": codes.method, "index_depth": codes.depth} if codes is not None else {}))
+
+
+def model_hash(base_dir: Path, model_dir: Path | None, assistant_dir: Path | None) -> str:
+    """The evaluated model's content hash, the metrics' `model_sha256`.
+
+    The adapter's sha256 exactly as `genrec.tracking.registry.adapter_hash` computes it (the registry version's
+    `adapter_sha256` tag, which `genrec promote` checks the metrics against); with SASRec's folder for
+    genrec+sasrec; the backbone folder's when no adapter is evaluated. Computed here rather than imported from
+    the registry, which loads MLflow and is no dependency of this stage.
+    """
+    if model_dir is None:
+        return fingerprint(base_dir)
+    files = [Path(model_dir) / "adapter_model.safetensors", Path(model_dir) / "adapter_config.json"]
+    return fingerprint(*files, *([Path(assistant_dir)] if assistant_dir is not None else []))
 
 
 def _train_seconds(model_dir: Path | None) -> float | None:

@@ -23,7 +23,7 @@ from genrec.config.params import Params
 from genrec.data.sequences import load_sequences, target_rows
 from genrec.evaluation.outputs import finish, sample_users, summarise
 from genrec.indexing.codes import CODES_FILE, ItemCodes
-from genrec.io import split_fingerprint
+from genrec.io import fingerprint, split_fingerprint
 from genrec.models.genrec.evaluation import read_catalogue
 from genrec.models.p5 import model as p5
 from genrec.models.p5.ranking import load_model, rank_users, ranked_entries
@@ -84,7 +84,8 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                         shared_titles=read_catalogue(processed_dir / "items.parquet").shared_titles())
     predictions = [{"user_id": user, "target_item_id": target, "target_title": titles[target], "ranked": entries}
                    for user, target, entries in zip(users, targets, lists)]
-    return finish(params, metrics, predictions, model=p5.model_name(codes.method), metrics_path=metrics_path,
+    return finish(params, metrics, predictions, model=p5.model_name(codes.method),
+                  model_sha256=fingerprint(model_dir), metrics_path=metrics_path,
                   predictions_path=predictions_path, processed_dir=processed_dir, started=started,
                   train_seconds=round(meta["training"]["train_seconds"], 2), run_id=read_run_id(model_dir),
                   device=model.device.type, backbone=meta["backbone"], index=codes.method, index_depth=codes.depth,

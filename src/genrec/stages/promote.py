@@ -12,11 +12,14 @@ and test HR/NDCG, the split fingerprint, the validation protocol, the git commit
 card built from its lineage (`genrec.tracking.model_card`, with the baselines' test metrics found beside the test
 metrics file). `champion` moves only to a version that scores higher on VALIDATION `promote.metric` on the
 same split and protocol AND wins a paired bootstrap over the validation users at `promote.alpha`
-(`genrec.tracking.promotion`; `alpha: null`: higher is enough), among versions that name items the same way
-(tag `genrec.items`, from the metrics files' `index`, else "title"): a champion of another item representation
-stops the stage, unless `promote.across_representations` is true. Without validation metrics the stage refuses:
-choosing on test metrics would tune on the test set. `reports/<dataset>/promotion.json` says who was
-champion, who is, why, and the test that decided. `--reset` archives the champion (when the split or
+(`genrec.tracking.promotion`; `alpha: null`: higher is enough; a test over fewer than `promote.min_users` users
+decides nothing), among versions that name items the same way (tag `genrec.items`, from the metrics files'
+`index`, else "title"): a champion of another item representation stops the stage, unless
+`promote.across_representations` is true. Without validation metrics the stage refuses: choosing on test
+metrics would tune on the test set. Nor does it register numbers of something else: the metrics files must
+carry --model's adapter hash and --processed's split fingerprint, and the validation predictions must be the
+file whose sha256 the validation metrics record (`check_evidence`). `reports/<dataset>/promotion.json` says who
+was champion, who is, why, and the test that decided. `--reset` archives the champion (when the split or
 protocol changed, it can be compared with nothing new) so that the next promotion starts afresh.
 """
 
@@ -32,7 +35,7 @@ from genrec.tracking import promotion
 from genrec.tracking import registry
 from genrec.tracking import runs as tracking
 from genrec.errors import DataError
-from genrec.io import split_fingerprint, write_json
+from genrec.io import sha256_file, split_fingerprint, write_json
 from genrec.config.layout import SPLITS
 from genrec.evaluation.metrics import Rank, metric_names, parse_metric
 from genrec.config.params import Params, to_dict
@@ -52,7 +55,8 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
     Raises:
         DataError: a missing or malformed metrics or predictions file (in particular no validation NDCG@10),
             a metrics file of the wrong split, validation and test metrics of different item representations,
-            an adapter of another dataset, or a missing input.
+            an adapter of another dataset, a missing input, or metrics and predictions that are not the
+            evaluation of `model_dir` on `processed_dir` (`check_evidence`).
         promotion.RepresentationMismatch: the champion names items otherwise than this version and
             `promote.across_representations` is false (the version is registered, the champion kept).
     """
@@ -67,6 +71,10 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
         if not path.exists():
             raise DataError("not found", path=path, fix="run `genrec split` first (dvc repro split)")
     fingerprint = split_fingerprint(processed_dir)
+    adapter = registry.adapter_hash(model_dir)
+    check_evidence(valid, Path(valid_metrics_path), "valid", adapter=adapter, fingerprint=fingerprint,
+                   predictions_path=Path(valid_predictions_path))
+    check_evidence(test, Path(test_metrics_path), "test", adapter=adapter, fingerprint=fingerprint)
     tags = {**version_tags(valid, test, config, params, split_fingerprint=fingerprint), promotion.ITEMS_TAG: items}
     version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base_dir,
                                                  items_path=items_path, tags=tags)
@@ -127,6 +135,37 @@ def read_metrics(path: Path, split: str, metric: str = "ndcg_at_10") -> dict:
         raise DataError(f"no {split} {metric} (found {value!r}): promotion refuses to guess", path=path,
                         column=metric, fix=fix + f" with {k} in eval.k")
     return metrics
+
+
+def check_evidence(metrics: dict, path: Path, split: str, *, adapter: str, fingerprint: str,
+                   predictions_path: Path | None = None) -> None:
+    """Check that a metrics file measured this adapter on this split, and that the predictions are its own.
+
+    The metrics file's `model_sha256` must be the adapter's hash (`registry.adapter_hash`), its `split_fingerprint`
+    the fingerprint of --processed, and its `predictions_sha256` the sha256 of `predictions_path` (the file the
+    same evaluation wrote). A file without them was written before genrec recorded them: refused, not guessed.
+
+    Raises:
+        DataError: one line naming the file, the field and both values.
+    """
+    stage = "evaluate_valid" if split == "valid" else "evaluate"
+    fix = f"evaluate --model on --processed (dvc repro {stage}) and pass the files that evaluation wrote"
+    for key, expected, source in (("model_sha256", adapter, "--model's adapter"),
+                                  ("split_fingerprint", fingerprint, "--processed's split")):
+        found = metrics.get(key)
+        if not found:
+            raise DataError(f"{split} metrics without {key} (written before genrec recorded what an evaluation "
+                            "measured): promotion refuses to guess", path=path, column=key, fix=fix)
+        if found != expected:
+            raise DataError(f"{split} metrics of another {'model' if key == 'model_sha256' else 'split'}: "
+                            f"{key} {found[:12]}..., but {source} is {expected[:12]}...", path=path, column=key,
+                            fix=fix)
+    if predictions_path is None:
+        return
+    recorded, actual = metrics.get("predictions_sha256"), sha256_file(predictions_path)
+    if recorded != actual:
+        raise DataError(f"not the predictions of {path} (sha256 {actual[:12]}..., the metrics record "
+                        f"{str(recorded)[:12]}...)", path=predictions_path, fix=fix)
 
 
 def item_representation(valid: dict, test: dict, test_path: Path) -> str:
@@ -219,7 +258,7 @@ def promotion_report(params: Params, version, created: bool, decision: promotion
     """Who was champion, who is, why, the test that decided, and every version's validation and test figures."""
     mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
-    versions = sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    versions = sorted(mlc.search_model_versions(f"name = {registry.quoted(name)}"), key=lambda v: int(v.version))
     by_number = {str(v.version): v for v in versions}
 
     def summary(number):
@@ -236,9 +275,10 @@ def promotion_report(params: Params, version, created: bool, decision: promotion
     rule = ("best validation score among versions with the same split and validation protocol"
             + ("" if params.promote.across_representations else " and item representation")
             + "; a challenger must "
-            + ("also win a paired bootstrap over the validation users (two-sided p < alpha, positive difference)"
+            + (f"also win a paired bootstrap over at least {params.promote.min_users} validation users (two-sided "
+               "p < alpha, positive difference)"
                if params.promote.alpha is not None else "only score higher (promote.alpha: null)")
-            + "; ties and non-significant wins keep the champion; test metrics never used")
+            + "; ties, non-significant wins and tests over too few users keep the champion; test metrics never used")
     return {"registered_model": name, "alias": registry.CHAMPION, "model_uri": registry.champion_uri(params),
             "select_metric": promotion.select_tag(params.promote.metric), "promote": to_dict(params.promote),
             "rule": rule, "this_version": {**summary(version.version), "created": created},

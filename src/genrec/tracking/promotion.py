@@ -5,8 +5,9 @@ Rule (`choose_champion`). Versions compare only when validated on the same split
 `valid.<metric>`); test metrics are tags for people, never used to choose. With no champion, the best
 comparable version takes the alias. Otherwise the best challenger must score higher AND beat the
 champion in a paired bootstrap over the validation users both were evaluated on (`metrics.paired_bootstrap`:
-two-sided p < `promote.alpha` with a positive difference). Ties, lower scores and non-significant wins keep
-the champion. `promote.alpha: null` drops the test: a higher score is enough.
+two-sided p < `promote.alpha` with a positive difference), over at least `promote.min_users` users (over one
+user any gain gives the smallest p, 2/(samples+1)). Ties, lower scores, non-significant wins and tests over
+too few users keep the champion. `promote.alpha: null` drops the test: a higher score is enough.
 
 The test needs each version's per-user outcomes: `store_valid_ranks` logs the target's rank per validation
 user (JSON) into the version's run, and tags the version with its sha256 (`valid.ranks_sha256`), so any
@@ -92,7 +93,7 @@ def select_tag(metric: str) -> str:
 
 def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at_10", alpha: float | None = None,
                     compare: Compare | None = None, reset_command: str = RESET_COMMAND,
-                    across_representations: bool = False) -> Decision:
+                    across_representations: bool = False, min_users: int = 1) -> Decision:
     """Apply the promotion rule (module docstring) to registered versions; pure, no registry calls.
 
     Args:
@@ -104,6 +105,8 @@ def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at
         reset_command: the command quoted when the champion is not comparable.
         across_representations: compare versions of every item representation (`genrec.items`); by default
             only those of the newcomer's.
+        min_users: the fewest users the paired test may decide on (`promote.min_users`): over fewer, the
+            champion is kept whatever the p-value (over one user, any gain gives p = 2/(samples+1)).
 
     Raises:
         ValueError: if the newcomer has no `valid.<metric>` tag.
@@ -165,10 +168,14 @@ def choose_champion(versions: list, current, newcomer, *, metric: str = "ndcg_at
     if isinstance(result, str):
         return Decision(held, held, False, f"{higher}, but the paired test cannot run ({result}): champion kept",
                         {"test": f"not run: {result}", "challenger": str(best.version), "champion": held})
-    test = {**result, "test": "paired bootstrap", "metric": tag, "alpha": alpha, "challenger": str(best.version),
-            "champion": held}
-    shown = (f"{test['diff']:+.6f} over {test['users']} users (95% CI [{test['ci95_low']:+.6f}, "
+    test = {**result, "test": "paired bootstrap", "metric": tag, "alpha": alpha, "min_users": min_users,
+            "challenger": str(best.version), "champion": held}
+    differing = f", ranks differing for {test['users_differing']}" if "users_differing" in test else ""
+    shown = (f"{test['diff']:+.6f} over {test['users']} users{differing} (95% CI [{test['ci95_low']:+.6f}, "
              f"{test['ci95_high']:+.6f}]), p = {test['p_value']:.4g}")
+    if test["users"] < min_users:
+        return Decision(held, held, False, f"{higher}, but the paired bootstrap ({shown}) ran over fewer users than "
+                        f"promote.min_users ({min_users}): too few to decide, champion kept", test)
     if test["diff"] > 0 and test["p_value"] < alpha:
         return Decision(held, str(best.version), True, f"{higher}, significantly: paired bootstrap {shown} "
                         f"< alpha {alpha}", test)
@@ -181,13 +188,25 @@ def _describe_key(version) -> str:
 
 
 def current_champion(mlc, name: str):
-    """The version holding `champion`, or None."""
+    """The version holding `champion`, or None when the registered model or the alias does not exist.
+
+    Read through the registered model's aliases, so that "no such alias" is never told from an error message.
+
+    Raises:
+        DataError: the store cannot be read (a server down, a corrupt database): one line naming it. Read as
+            "no champion", it would let `promote` move the alias with no paired test.
+    """
     from mlflow.exceptions import MlflowException
 
-    try:
-        return mlc.get_model_version_by_alias(name, registry.CHAMPION)
-    except MlflowException:
-        return None
+    with registry.store_errors(mlc.tracking_uri, f"read the champion of {name}"):
+        try:
+            model = mlc.get_registered_model(name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        held = (model.aliases or {}).get(registry.CHAMPION)
+        return None if held is None else mlc.get_model_version(name, str(held))
 
 
 def promote(params: Params, newcomer) -> Decision:
@@ -198,13 +217,13 @@ def promote(params: Params, newcomer) -> Decision:
     """
     mlc = tracking.mlflow_client(params)
     name = registry.registered_model_name(params)
-    versions = mlc.search_model_versions(f"name = '{name}'")
+    versions = mlc.search_model_versions(f"name = {registry.quoted(name)}")
     newcomer = next(v for v in versions if str(v.version) == str(newcomer.version))  # fresh tags
     p = params.promote
     reset = f'genrec promote --set dataset={params.dataset} --reset --reason "TEXT"'
     decision = choose_champion(versions, current_champion(mlc, name), newcomer, metric=p.metric, alpha=p.alpha,
                                compare=lambda a, b: paired_test(params, a, b), reset_command=reset,
-                               across_representations=p.across_representations)
+                               across_representations=p.across_representations, min_users=p.min_users)
     if decision.moved:
         mlc.set_registered_model_alias(name, registry.CHAMPION, decision.champion)
         for tag in (ARCHIVED_TAG, ARCHIVED_AT_TAG):  # a version promoted again is no longer archived
@@ -217,7 +236,11 @@ def promote(params: Params, newcomer) -> Decision:
 
 
 def paired_test(params: Params, challenger, champion) -> dict | str:
-    """Paired bootstrap of `promote.metric` (challenger minus champion) on the validation users both have."""
+    """Paired bootstrap of `promote.metric` (challenger minus champion) on the validation users both have.
+
+    Adds `users_differing`: the users whose target rank differs between the two versions (the only users that
+    move the difference; the others add zeros).
+    """
     ours, theirs = load_valid_ranks(params, challenger), load_valid_ranks(params, champion)
     missing = [str(v.version) for v, ranks in ((challenger, ours), (champion, theirs)) if ranks is None]
     if missing:
@@ -228,7 +251,7 @@ def paired_test(params: Params, challenger, champion) -> dict | str:
         return "the two versions share no validation user"
     p: PromoteParams = params.promote
     return paired_bootstrap(per_user(ours, users, p.metric), per_user(theirs, users, p.metric), p.samples, p.seed) | {
-        "samples": p.samples, "seed": p.seed}
+        "users_differing": sum(ours[u] != theirs[u] for u in users), "samples": p.samples, "seed": p.seed}
 
 
 def ranks_artifact(version) -> str:
@@ -280,17 +303,21 @@ def archive_champion(params: Params, reason: str) -> dict | None:
 
     Returns:
         {"registered_model", "version", "archived_reason", "archived_at"}, or None when there was no champion.
+
+    Raises:
+        DataError: the store cannot be read or written (e.g. a read-only mlflow.db): one line naming it.
     """
-    mlc = tracking.mlflow_client(params)
+    mlc = registry.open_client(params)
     name = registry.registered_model_name(params)
     champion = current_champion(mlc, name)
     if champion is None:
         log.info("%s has no %s: nothing to archive", name, registry.CHAMPION)
         return None
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    mlc.set_model_version_tag(name, champion.version, ARCHIVED_TAG, reason)
-    mlc.set_model_version_tag(name, champion.version, ARCHIVED_AT_TAG, when)
-    mlc.delete_registered_model_alias(name, registry.CHAMPION)
+    with registry.store_errors(mlc.tracking_uri, f"archive {name} version {champion.version}"):
+        mlc.set_model_version_tag(name, champion.version, ARCHIVED_TAG, reason)
+        mlc.set_model_version_tag(name, champion.version, ARCHIVED_AT_TAG, when)
+        mlc.delete_registered_model_alias(name, registry.CHAMPION)
     log.info("%s version %s archived (%s); the next promotion chooses a champion afresh", name, champion.version,
              reason)
     return {"registered_model": name, "version": int(champion.version), ARCHIVED_TAG: reason, ARCHIVED_AT_TAG: when}

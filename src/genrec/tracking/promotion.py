@@ -38,6 +38,7 @@ from typing import Callable
 
 from genrec.errors import DataError
 from genrec.tracking import registry
+from genrec.tracking import store
 from genrec.tracking import runs as tracking
 from genrec.evaluation.metrics import Rank, paired_bootstrap, per_user
 from genrec.config.params import Params, PromoteParams
@@ -198,7 +199,7 @@ def current_champion(mlc, name: str):
     """
     from mlflow.exceptions import MlflowException
 
-    with registry.store_errors(mlc.tracking_uri, f"read the champion of {name}"):
+    with store.store_errors(mlc.tracking_uri, f"read the champion of {name}"):
         try:
             model = mlc.get_registered_model(name)
         except MlflowException as err:
@@ -307,14 +308,14 @@ def archive_champion(params: Params, reason: str) -> dict | None:
     Raises:
         DataError: the store cannot be read or written (e.g. a read-only mlflow.db): one line naming it.
     """
-    mlc = registry.open_client(params)
+    mlc = store.open_client(params)
     name = registry.registered_model_name(params)
     champion = current_champion(mlc, name)
     if champion is None:
         log.info("%s has no %s: nothing to archive", name, registry.CHAMPION)
         return None
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with registry.store_errors(mlc.tracking_uri, f"archive {name} version {champion.version}"):
+    with store.store_errors(mlc.tracking_uri, f"archive {name} version {champion.version}"):
         mlc.set_model_version_tag(name, champion.version, ARCHIVED_TAG, reason)
         mlc.set_model_version_tag(name, champion.version, ARCHIVED_AT_TAG, when)
         mlc.delete_registered_model_alias(name, registry.CHAMPION)

@@ -15,6 +15,11 @@ the experiment `<prefix>-backbones` tagged with its sha256; a version's `model_c
 artifact URI and the sha256, and loading checks the hash before any weight is read. A version is
 therefore loadable wherever its tracking store is, and never silently runs on another backbone.
 
+The adapter, tokenizer, template, other adapter files and catalogue are hashed at registration too, as
+version tags and in the model config (`genrec.tracking.trust`). `genrec recommend` loads a version with
+`load_version`: genrec's own MLmodel and entry point only, files checked against the tags, and none of the
+version's code run.
+
 Which version holds the alias `champion` (aliases replace the deprecated registry stages) is decided by
 `genrec.tracking.promotion`: a paired test on validation users, never test metrics. Each version's description
 is its model card (`genrec.tracking.model_card`, written by the promote stage through `describe_version`).
@@ -36,6 +41,8 @@ import mlflow
 import pandas as pd
 
 from genrec.tracking import runs as tracking
+from genrec.tracking import trust
+from genrec.tracking.store import is_not_found, open_client, store_errors
 from genrec.errors import DataError
 from genrec.io import fingerprint
 from genrec.config.params import EvalParams, Params, to_dict
@@ -58,18 +65,40 @@ from genrec.tracking.registry import GenRecModel
 mlflow.models.set_model(GenRecModel())
 '''
 """Stored in each version instead of a pickled class: loading a version unpickles nothing."""
+ARCHIVED_TAG = "archived_reason"
+"""Set by `genrec promote --reset` (`promotion.archive_champion`) on the version it takes the alias from."""
 
 
 class GenRecModel(mlflow.pyfunc.PythonModel):
     """pyfunc: DataFrame {history: list of titles, k: optional int} -> top-k titles with scores."""
 
     def load_context(self, context) -> None:
+        """Check the bundled files against the hashes in the model config, then load (`load`)."""
+        adapter_dir = Path(context.artifacts["adapter"])
+        unchecked = self.load(adapter_dir, Path(context.artifacts["items"]), context.model_config,
+                              expected=context.model_config.get("sha256") or {}, source=adapter_dir.parent)
+        if unchecked:
+            log.warning("%s records no %s (registered before genrec recorded them): those files load unchecked",
+                        adapter_dir.parent, ", ".join(unchecked))
+
+    def load(self, adapter_dir: Path, items_path: Path, config: dict, *, expected: dict[str, str], source) -> list[str]:
+        """Verify the files against `expected` (`trust.HASH_TAGS`), resolve the backbone, build the Recommender.
+
+        Returns:
+            The hash tags `expected` lacks (a version registered before genrec recorded them): unchecked.
+
+        Raises:
+            DataError: a missing adapter, a file group whose sha256 differs, or a changed backbone.
+        """
         from genrec.models.genrec.recommend import Recommender
 
-        config = context.model_config
+        if not (adapter_dir / "adapter_model.safetensors").is_file():
+            raise DataError("no adapter_model.safetensors in the version", path=source, fix=trust.REFUSED_FIX)
+        actual = trust.content_hashes(adapter_dir, items_path, adapter_hash(adapter_dir))
+        unchecked = trust.check_content(actual, expected, str(source), adapter_dir)
         backbone = resolve_backbone(config["backbone_uri"], config["backbone_sha256"])
-        self.recommender = Recommender.load(backbone, Path(context.artifacts["adapter"]),
-                                            Path(context.artifacts["items"]), EvalParams(**config["eval"]))
+        self.recommender = Recommender.load(backbone, adapter_dir, items_path, EvalParams(**config["eval"]))
+        return unchecked
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One output row per input row: titles, scores, item_ids and the unknown history titles.
@@ -89,7 +118,8 @@ class GenRecModel(mlflow.pyfunc.PythonModel):
             raise MlflowException("input needs a `history` column: a list of titles per row, oldest first",
                                   error_code=INVALID_PARAMETER_VALUE)
         histories = [[] if h is None else [str(t) for t in h] for h in frame["history"]]
-        default = int((params or {}).get("k") or self.recommender.default_k)
+        requested = (params or {}).get("k")  # k=0 is a request, refused below like a k column of 0
+        default = self.recommender.default_k if _missing(requested) else int(requested)
         ks = [default if _missing(k) else int(k) for k in frame["k"]] if "k" in frame.columns else \
             [default] * len(histories)
         try:
@@ -101,6 +131,24 @@ class GenRecModel(mlflow.pyfunc.PythonModel):
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def quoted(value: str) -> str:
+    """`value` as a string literal of MLflow's search filter grammar (`name = <quoted(name)>`).
+
+    The grammar has no escape character: a value is wrapped in single quotes, or in double quotes when it
+    holds a single quote (a dataset named `o'neil`).
+
+    Raises:
+        DataError: a value holding both quote characters, which no filter string can express.
+    """
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise DataError(f"{text!r} holds both quote characters: MLflow's search filters cannot express it",
+                    fix="rename the dataset (or tracking.experiment_prefix) without one of them")
 
 
 def registered_model_name(params: Params) -> str:
@@ -138,7 +186,7 @@ def store_backbone(params: Params, base_dir: Path) -> tuple[str, str]:
         experiment_id = mlc.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
     else:
         experiment_id = experiment.experiment_id
-    found = mlc.search_runs([experiment_id], filter_string=f"tags.`genrec.backbone_sha256` = '{sha256}' "
+    found = mlc.search_runs([experiment_id], filter_string=f"tags.`genrec.backbone_sha256` = {quoted(sha256)} "
                             "and attributes.status = 'FINISHED'", max_results=1)
     if found:
         return f"{found[0].info.artifact_uri}/{BACKBONE_ARTIFACT}", sha256
@@ -177,9 +225,82 @@ def resolve_backbone(uri: str, sha256: str) -> Path:
     return path
 
 
+def parse_model_uri(model_uri: str) -> tuple[str, str]:
+    """(registered model, version number or alias) of `models:/<name>/<version>` or `models:/<name>@<alias>`.
+
+    Raises:
+        DataError: any other URI (a run, a path, a served http(s) endpoint): genrec serves registry versions only.
+    """
+    fix = "pass a registry version, models:/<name>/<version> or models:/<name>@<alias>"
+    if not model_uri.startswith("models:/"):
+        scheme = urlparse(model_uri).scheme
+        what = "a served model's http(s) endpoint" if scheme in ("http", "https") else "not a registry version"
+        raise DataError(f"cannot load model {model_uri}: {what}; genrec loads only versions of its registry",
+                        fix=fix)
+    rest = model_uri.removeprefix("models:/").strip("/")
+    name, alias_sep, alias = rest.partition("@")
+    if not alias_sep:
+        name, _, alias = rest.rpartition("/")
+    if not name or not alias or "/" in name or not (alias_sep or alias.isdigit()):
+        raise DataError(f"cannot load model {model_uri}: expected a version number or an alias", fix=fix)
+    return name, alias
+
+
+def load_version(params: Params, model_uri: str, eval_overrides: dict | None = None):
+    """A registry version built by genrec, checked and loaded without running any code it holds.
+
+    The version is downloaded to a temporary folder, `trust.check_built_by_genrec` accepts its MLmodel and
+    entry point, `GenRecModel.load` checks its files against the version's hash tags and builds the model
+    from them. `eval_overrides` replace settings of the version's stored `eval` section.
+
+    Returns:
+        (GenRecModel, ModelVersion, warnings: one line each).
+
+    Raises:
+        DataError: a URI that is not a version, a missing version, an unreadable store, a version genrec did
+            not build, or files that differ from their hashes (one line each).
+    """
+    from mlflow.exceptions import MlflowException
+
+    name, reference = parse_model_uri(model_uri)
+    uri = tracking.tracking_uri(params)
+    mlc = open_client(params)
+    with store_errors(uri, f"read {model_uri}"):
+        try:
+            version = (mlc.get_model_version(name, reference) if reference.isdigit()
+                       else mlc.get_model_version_by_alias(name, reference))
+        except MlflowException as err:
+            if not is_not_found(err):
+                raise
+            raise DataError(f"cannot load model {model_uri}: {err.message.splitlines()[0]}",
+                            fix="run `genrec promote` (dvc repro promote) first, or pass --model with an "
+                                "existing URI") from None
+    source = f"{model_uri} (version {version.version})"
+    warnings = []
+    if ARCHIVED_TAG in version.tags:
+        warnings.append(f"{source} was archived ({version.tags[ARCHIVED_TAG]}) and is served anyway: the alias "
+                        f"was set on it by hand")
+    with tempfile.TemporaryDirectory() as tmp:
+        with store_errors(uri, f"download {source}"), tracking.tracking_store(params):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
+                                                             dst_path=tmp))
+        pyfunc = trust.check_built_by_genrec(local, MODEL_CODE, source)
+        config = pyfunc["config"]
+        config = {**config, "eval": {**config["eval"], **(eval_overrides or {})}}
+        adapter_dir, items_path = (local / pyfunc["artifacts"][key]["path"] for key in trust.ARTIFACTS)
+        model = GenRecModel()
+        expected = {tag: version.tags[tag] for tag in trust.HASH_TAGS if tag in version.tags}
+        with tracking.tracking_store(params):  # a backbone in a remote artifact store downloads from it
+            unchecked = model.load(adapter_dir, items_path, config, expected=expected, source=source)
+    if unchecked:
+        warnings.append(f"{source} records no {', '.join(unchecked)} (registered before genrec recorded them): "
+                        "those files were loaded unchecked")
+    return model, version, warnings
+
+
 def find_version(mlc, name: str, adapter_sha256: str):
     """The version of `name` registered for this adapter (tag `adapter_sha256`), or None."""
-    for version in mlc.search_model_versions(f"name = '{name}'"):
+    for version in mlc.search_model_versions(f"name = {quoted(name)}"):
         if version.tags.get("adapter_sha256") == adapter_sha256:
             return version
     return None
@@ -189,8 +310,9 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
     """Register the adapter in `model_dir` as a pyfunc version of `genrec-<dataset>`, once.
 
     The pyfunc is logged into the adapter's own training run (its id is in mlflow_run.json); the
-    version's `git_commit` is that run's commit. An adapter already registered (same adapter_sha256
-    tag) gets no new version; only its evaluation tags (MUTABLE_TAGS) are updated if they changed.
+    version's `git_commit` is that run's commit, and the sha256 of each group of files it serves from
+    (`trust.content_hashes`) is both a tag and part of its model config. An adapter already registered (same
+    adapter_sha256 tag) gets no new version; only its evaluation tags (MUTABLE_TAGS) are updated if they changed.
 
     Returns:
         (ModelVersion, created: bool).
@@ -214,7 +336,9 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
                         "(tracking.uri or MLFLOW_TRACKING_URI), or retrain")
     backbone_uri, backbone_sha256 = store_backbone(params, base_dir)
     trained_at = mlc.get_run(run_id).data.tags.get("mlflow.source.git.commit")
-    tags.update(backbone_sha256=backbone_sha256, git_commit=trained_at or tracking.git_commit() or "unknown")
+    hashes = trust.content_hashes(model_dir, items_path, tags["adapter_sha256"])
+    tags.update(hashes, backbone_sha256=backbone_sha256,
+                git_commit=trained_at or tracking.git_commit() or "unknown")
     with tracking.start_or_resume_run(params, run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         # Models from code: the version stores this three-line entry point, not a pickle of the class.
         code = Path(tmp) / "genrec_model.py"
@@ -223,7 +347,7 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
             name=LOGGED_MODEL_NAME, python_model=str(code),
             artifacts={"adapter": str(model_dir), "items": str(items_path)},
             model_config={"backbone_uri": backbone_uri, "backbone_sha256": backbone_sha256,
-                          "eval": to_dict(params.eval), "dataset": params.dataset},
+                          "eval": to_dict(params.eval), "dataset": params.dataset, "sha256": hashes},
             signature=signature(params.eval.num_beams), pip_requirements=requirements())
     with tracking.tracking_store(params):
         version = mlflow.register_model(info.model_uri, name, tags=tags)

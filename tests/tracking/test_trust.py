@@ -96,6 +96,9 @@ def test_a_corrupt_store_stops_current_champion_and_reset_with_one_line(world, t
     (tmp_path / "mlflow.db").write_bytes(b"not a database " * 100)
     with pytest.raises(DataError, match="tracking store sqlite:.*cannot read the champion of genrec-tiny"):
         promotion.current_champion(mlc, "genrec-tiny")
+    with pytest.raises(DataError, match="tracking store sqlite:.*: cannot .*file is not a database"):
+        registry.register_adapter(params, model_dir=world["tmp"] / "first" / "model", base_dir=world["base"],
+                                  items_path=world["processed"] / "items.parquet", tags={})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
     result = genrec("promote", "--params", "params.yaml", "--reset", "--reason", "x", cwd=tmp_path)
     one_line_refusal(result, "file is not a database")
@@ -235,7 +238,7 @@ def test_quoted_values_survive_mlflows_filter_grammar(tmp_path):
         registry.quoted("a'b\"c")
 
 
-def test_a_dataset_with_a_quote_registers_once(world):
+def test_a_dataset_with_a_quote_is_registered_once_promoted_and_served(world, tmp_path):
     params = replace(world["params"], dataset="o'neil")
     model_dir = tiny.write_adapter(world["tmp"] / "oneil" / "model", world["base"], params, seed=11)
     kwargs = dict(model_dir=model_dir, base_dir=world["base"], items_path=world["processed"] / "items.parquet",
@@ -243,6 +246,12 @@ def test_a_dataset_with_a_quote_registers_once(world):
     first, created = registry.register_adapter(params, **kwargs)
     again, created_again = registry.register_adapter(params, **kwargs)
     assert created and not created_again and first.name == "genrec-o'neil" and again.version == first.version
+    report = tiny.promote(world, "oneil", seed=11, valid_ranks=[1, 2], test_ranks=[2, None], params=params,
+                          model_dir=model_dir)
+    assert report["champion"]["version"] == int(first.version)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
+    result = CliRunner().invoke(recommend, ["--params", str(tmp_path / "params.yaml"), "--history", "Heat (1995)"])
+    assert result.exit_code == 0 and "models:/genrec-o'neil@champion" in result.stdout, result.output
 
 
 # 5. Settings and k as asked.

@@ -317,10 +317,11 @@ def register_adapter(params: Params, *, model_dir: Path, base_dir: Path, items_p
     Returns:
         (ModelVersion, created: bool).
     """
-    mlc = tracking.mlflow_client(params)
+    mlc = open_client(params)
     name = registered_model_name(params)
     tags = {**tags, "adapter_sha256": adapter_hash(model_dir)}
-    existing = find_version(mlc, name, tags["adapter_sha256"])
+    with store_errors(tracking.tracking_uri(params), f"search the versions of {name}"):
+        existing = find_version(mlc, name, tags["adapter_sha256"])
     if existing is not None:
         # Lineage stays as registered; only evaluation results may change (e.g. re-evaluated metrics).
         changed = {k: v for k, v in tags.items() if k.startswith(MUTABLE_TAGS) and existing.tags.get(k) != v}

@@ -70,3 +70,27 @@ def test_the_params_are_validated(root):
         load_params(root / "params.yaml", ["eval.device=gpu"])
     with pytest.raises(ParamsError, match="sasrec.device"):
         load_params(root / "params.yaml", ["sasrec.device=gpu"])
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_decoding_threads_follow_eval_deterministic_and_are_restored(deterministic, monkeypatch):
+    """eval.deterministic decodes on one CPU thread (the lists then repeat run to run on every CPU) and says so;
+    otherwise the threads stay as they were and the lists are reproducible only with MKL_CBWR set."""
+    import torch
+
+    from genrec.models.device import decoding_threads
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with decoding_threads(deterministic, torch.device("cpu")) as record:
+            inside = torch.get_num_threads()
+        assert torch.get_num_threads() == 2
+        assert inside == record["decode_threads"] == (1 if deterministic else 2)
+        assert record["lists_reproducible"] is deterministic
+        monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+        with decoding_threads(False, "cpu") as record:
+            assert record == {"decode_threads": 2, "lists_reproducible": True}
+    finally:
+        torch.set_num_threads(before)

@@ -199,6 +199,9 @@ class EvalParams:
     """Resamples of users for the 95% intervals."""
     dtype: EvalDtype = "auto"
     """Compute dtype: auto (the checkpoint's) | bfloat16 | float32 | float16."""
+    deterministic: Bool = False
+    """Decode with one CPU thread, so the lists are the same run to run on every CPU (`decoding_threads`);
+    the metrics file records the threads and whether its lists are reproducible."""
     device: EvalDevice = "auto"
     """Where GenRec and P5 decode: auto (CUDA when torch sees a GPU: under accelerate, the process's own
     GPU) | cpu | cuda (refused when there is none) | spread (one process, GenRec's backbone layers spread over

@@ -9,6 +9,8 @@ where `auto` puts them.
 
 from __future__ import annotations
 
+import contextlib
+
 from genrec.errors import DataError
 
 
@@ -40,3 +42,32 @@ def choose_device(requested: str = "auto", *, key: str = "eval.device", process_
         return torch.device("cuda")
     local_rank = os.environ.get("LOCAL_RANK")
     return torch.device("cuda", int(local_rank) if local_rank else torch.cuda.current_device())
+
+
+@contextlib.contextmanager
+def decoding_threads(deterministic: bool, device):
+    """Decode with one CPU thread when `eval.deterministic` asks for lists that are the same run to run.
+
+    A threaded reduction may add in an order that depends on how the work was split (and, with MKL, on the
+    alignment of the buffers): on some CPUs (a 2-core Xeon with AMX) three runs of one evaluation gave three
+    predictions files, while one thread (or MKL's `MKL_CBWR=COMPATIBLE`, which must be set before the process
+    starts) gave identical ones. On the GPU nothing is changed.
+
+    Yields:
+        {"decode_threads": threads used on the CPU (None on a GPU), "lists_reproducible": whether the lists
+        are the same run to run by construction: one thread, or MKL_CBWR set; else False}, for the metrics file.
+    """
+    import os
+
+    import torch
+
+    if torch.device(device).type != "cpu":
+        yield {"decode_threads": None, "lists_reproducible": False}
+        return
+    before = torch.get_num_threads()
+    threads = 1 if deterministic else before
+    torch.set_num_threads(threads)
+    try:
+        yield {"decode_threads": threads, "lists_reproducible": threads == 1 or bool(os.environ.get("MKL_CBWR"))}
+    finally:
+        torch.set_num_threads(before)

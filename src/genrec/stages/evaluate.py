@@ -32,6 +32,7 @@ from genrec.models.genrec.evaluation import (decode_lists, encode_prompts, launc
                                              read_catalogue, read_records, user_exclusions, with_split_history)
 from genrec.evaluation.outputs import finish, sample_users, summarise
 from genrec.io import fingerprint
+from genrec.models.device import decoding_threads
 from genrec.models.genrec.code_tokens import view_codes
 from genrec.tracking.runs import read_run_id
 
@@ -79,8 +80,9 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
     # Under `accelerate launch` with several processes each decodes a block of users; every process gets
     # all the lists back, and the main process alone writes the files and the MLflow entries.
     state = processes(model.device, e.process_timeout)
-    lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
-                                                  assistant=assistant, histories=histories, state=state)
+    with decoding_threads(e.deterministic, model.device) as threads:
+        lists, seconds, max_new_tokens = decode_lists(model, tokenizer, template, catalogue, prompts, excluded, e,
+                                                      assistant=assistant, histories=histories, state=state)
     n_processes = state.num_processes if state is not None else 1
     if state is not None and not state.is_main_process:
         return {"users": len(lists), "processes": n_processes, "main_process": False}
@@ -105,7 +107,7 @@ def run(params: Params, *, base_dir: Path, model_dir: Path | None, prompts_dir: 
                   model_sha256=model_hash(base_dir, model_dir, assistant_dir if assistant is not None else None),
                   metrics_path=metrics_path, predictions_path=predictions_path, processed_dir=processed_dir,
                   started=start, train_seconds=_train_seconds(model_dir), run_id=run_id, new_run=new_run,
-                  device=model.device.type, processes=n_processes,
+                  device=model.device.type, processes=n_processes, **threads,
                   **({"index": codes.method, "index_depth": codes.depth} if codes is not None else {}))
 
 

@@ -24,6 +24,7 @@ from genrec.data.sequences import load_sequences, target_rows
 from genrec.evaluation.outputs import finish, sample_users, summarise
 from genrec.indexing.codes import CODES_FILE, ItemCodes
 from genrec.io import fingerprint, split_fingerprint
+from genrec.models.device import decoding_threads
 from genrec.models.genrec.evaluation import read_catalogue
 from genrec.models.p5 import model as p5
 from genrec.models.p5.ranking import load_model, rank_users, ranked_entries
@@ -66,7 +67,8 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
     hopeless = sum(len(x) >= len(seqs.item_ids) for x in excluded) if excluded else 0
 
     start = time.perf_counter()
-    ranked = rank_users(model, [x for x, _ in encoded], code_ids, excluded, e, tokenizer)
+    with decoding_threads(e.deterministic, model.device) as threads:
+        ranked = rank_users(model, [x for x, _ in encoded], code_ids, excluded, e, tokenizer)
     seconds = time.perf_counter() - start
     titles = dict(zip(seqs.item_ids, seqs.titles))
     lists = [ranked_entries(beams, seqs.item_ids, titles, tokenizer) for beams in ranked]
@@ -88,5 +90,5 @@ def run(params: Params, *, processed_dir: Path, model_dir: Path, metrics_path: P
                   model_sha256=fingerprint(model_dir), metrics_path=metrics_path,
                   predictions_path=predictions_path, processed_dir=processed_dir, started=started,
                   train_seconds=round(meta["training"]["train_seconds"], 2), run_id=read_run_id(model_dir),
-                  device=model.device.type, backbone=meta["backbone"], index=codes.method, index_depth=codes.depth,
+                  device=model.device.type, **threads, backbone=meta["backbone"], index=codes.method, index_depth=codes.depth,
                   leaky=codes.leaky)

@@ -174,6 +174,25 @@ def test_adapter_changes_the_lists_and_logs_into_its_mlflow_run(world, tmp_path)
     assert {t.key: t.value for t in evaluated.tags}["mlflow.data.context"] == "evaluation"
 
 
+def test_a_model_whose_run_is_in_another_store_logs_to_a_new_run(world, tmp_path):
+    """An adapter trained against another tracking store: its metrics are written and logged to a run of their
+    own (tagged with the model's run id), not a traceback."""
+    from genrec.tracking import runs as tracking
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    elsewhere = params(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    with tracking.start_or_resume_run(elsewhere, run_name="train") as active:
+        tracking.write_run_file(adapter / tracking.RUN_FILE, active)
+    p = params(tmp_path)
+    metrics = run(world, tmp_path / "lora", p, model_dir=adapter)
+    client = tracking.mlflow_client(p)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags.get("genrec.model_run") for r in runs] == [active.info.run_id]
+    assert runs[0].data.metrics["test.hr_at_10"] == pytest.approx(metrics["hr_at_10"])
+
+
 def test_unconstrained_mode_counts_invalid_beams(world, tmp_path):
     metrics = run(world, tmp_path, params(tmp_path, constrained=False, max_new_tokens=6, num_beams=5, k=[5]))
     assert 0 <= metrics["valid_beam_share"] < 1  # a random model rarely spells a whole title

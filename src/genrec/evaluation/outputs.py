@@ -128,6 +128,12 @@ def log_to_mlflow(params: Params, metrics_path: Path, predictions_path: Path, *,
     from genrec.tracking import runs as tracking
 
     prefix = params.eval.split
+    if run_id is not None and not tracking.run_exists(params, run_id):
+        # The model was trained against another tracking store (or its run was deleted): a run of its own.
+        log.warning("%s: MLflow run %s of the model is not in %s; logging the evaluation to a new run", model,
+                    run_id, tracking.tracking_uri(params))
+        new_run = {**(new_run or {}), "tags": {**(new_run or {}).get("tags", {}), "genrec.model_run": run_id}}
+        run_id = None
     record = evaluation_record(json.loads(Path(metrics_path).read_text(encoding="utf-8")))
     stage = {STAGE_TAG.format(split=prefix): os.environ.get(DVC_STAGE) or "none"}
     differs = [] if run_id is None else record_differs(tracking.mlflow_client(params).get_run(run_id), prefix, record)

@@ -9,6 +9,10 @@ and metrics files made by the evaluation's own `genrec.evaluation.outputs.summar
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -178,3 +182,27 @@ def write_interim(folder: Path, rows: list[tuple], titles: list[str]) -> Path:
     pd.DataFrame({"item_id": [str(i) for i in range(len(titles))], "title": titles}).to_parquet(
         folder / "items.parquet", index=False)
     return folder
+
+
+def launch_command(config: Path | str, *args: str) -> list[str]:
+    """`accelerate launch --config_file <config>` of `args` (a module is `-m genrec.cli ...`), on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config),
+            "--main_process_port", str(port), *args]
+
+
+def launch_env() -> dict:
+    """The environment of a launched test: one passive OpenMP thread a process (two processes on 2 cores, and
+    threaded reductions that do not differ between runs), MLflow telemetry off, the tracking URI from params."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def accelerate_launch(config: Path | str, *args: str, cwd: Path | None = None,
+                      timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `launch_command(config, *args)` in `launch_env()`, output captured as text."""
+    return subprocess.run(launch_command(config, *args), cwd=cwd, env=launch_env(), capture_output=True, text=True,
+                          timeout=timeout)

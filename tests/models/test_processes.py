@@ -4,18 +4,18 @@ decisions taken by the main process, a main-process failure reaching the other, 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+import tiny_genrec
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent('''
     import json, sys
     from pathlib import Path
+
+    import torch
 
     from genrec.errors import DataError
     from genrec.models.processes import (PeerFailure, broadcast, check_shared_folder, group_timeout, main_only,
@@ -43,19 +43,15 @@ SCRIPT = textwrap.dedent('''
     except DataError as err:
         result["not_shared"] = str(err)
     (out / f"rank-{rank}.json").write_text(json.dumps(result))
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # gloo's threads may abort an exit that leaves the group up
 ''')
 
 
 def test_two_processes_share_a_timeout_decisions_failures_and_folders(tmp_path):
     (tmp_path / "script.py").write_text(SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-                           str(ROOT / "configs" / "accelerate" / "cpu2.yaml"), "--main_process_port", str(port),
-                           str(tmp_path / "script.py"), str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = tiny_genrec.accelerate_launch(ROOT / "configs" / "accelerate" / "cpu2.yaml", str(tmp_path / "script.py"),
+                                         str(tmp_path), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["processes"] for r in ranks] == [2, 2]
@@ -109,6 +105,8 @@ FSDP_SCRIPT = textwrap.dedent('''
         "sharded": is_sharded(model), "alone": alone, "together": together, "training": model.training,
         "trainable": trainable, "gathered": sorted(gathered),
         "devices": sorted({str(t.device) for t in gathered.values()})}))
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 ''')
 
 
@@ -117,8 +115,6 @@ def test_a_sharded_model_runs_the_learning_curve_and_saves_its_adapter_only(tmp_
     its fsdp_cpu2 profile runs DDP. Every process decodes every curve user in step, giving the metrics of
     one unsharded process; the adapter save gathers the LoRA weights, whole, on the main process's CPU, and
     no frozen backbone weight (transformers' own save under FSDP gathers them all)."""
-    import tiny_genrec
-
     from genrec.config.params import Params
     from genrec.stages import prompts as prompts_stage
 
@@ -126,14 +122,8 @@ def test_a_sharded_model_runs_the_learning_curve_and_saves_its_adapter_only(tmp_
     prompts_stage.run(Params(dataset="tiny"), processed_dir=processed, out_dir=tmp_path / "prompts")
     tiny_genrec.write_backbone(tmp_path / "base")
     (tmp_path / "script.py").write_text(FSDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-                           str(ROOT / "configs" / "accelerate" / "cpu2.yaml"), "--main_process_port", str(port),
-                           str(tmp_path / "script.py"), str(tmp_path), str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = tiny_genrec.accelerate_launch(ROOT / "configs" / "accelerate" / "cpu2.yaml", str(tmp_path / "script.py"),
+                                         str(tmp_path), str(tmp_path), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert all(r["sharded"] for r in ranks)

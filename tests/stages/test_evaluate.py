@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -303,15 +300,8 @@ def torch_cuda() -> bool:
 
 
 def launch(root: Path, profile: str, *args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` of configs/accelerate/<profile>.yaml with `args`, on a free port, one thread a process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    accelerate = Path(sys.executable).parent / "accelerate"
-    config = root / "configs" / "accelerate" / f"{profile}.yaml"
-    return subprocess.run([str(accelerate), "launch", "--config_file", str(config), "--main_process_port", str(port),
-                           *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+    """`accelerate launch` of configs/accelerate/<profile>.yaml with `args` (`tiny.accelerate_launch`)."""
+    return tiny.accelerate_launch(root / "configs" / "accelerate" / f"{profile}.yaml", *args)
 
 
 # 48 users of prompts of many lengths in batches of 4: 12 batches, 6 a process, each with the padding one process

@@ -368,8 +368,6 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny,
     """2 CPU processes (gloo) x micro-batch 2, accumulation 1 == 1 process x micro-batch 2, accumulation 2:
     the same 4 records make each optimizer step, so the logged losses and the adapters agree closely; one
     MLflow run, one adapter, no checkpoints left, written by the main process only."""
-    import socket
-
     import mlflow
     from safetensors.torch import load_file
 
@@ -377,14 +375,9 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny,
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(to_dict(params)))
     out = tmp_path / "genrec"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
-           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(params_path),
-           "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = tiny_genrec.accelerate_launch(params.train.accelerate_profile, "-m", "genrec.cli", "train", "--params",
+                                         str(params_path), "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]),
+                                         "--out", str(out), cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     one_state = json.loads((trained[2] / "trainer_state.json").read_text())
@@ -409,8 +402,6 @@ def test_two_processes_train_like_one_with_twice_the_accumulation(trained, tiny,
 
 def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
     """SIGKILL to both processes after a checkpoint; a second 2-process launch resumes it in the same run."""
-    import socket
-
     import psutil
 
     params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"))
@@ -418,18 +409,10 @@ def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
     params_path.write_text(yaml.safe_dump(to_dict(params)))
     out = tmp_path / "genrec"
     ckpts = train.checkpoint_dir(out)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-
-    def launch():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-                params.train.accelerate_profile, "--main_process_port", str(port), "-m", "genrec.cli", "train",
-                "--params", str(params_path), "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]),
-                "--out", str(out)]
-
-    proc = subprocess.Popen(launch(), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    args = ("-m", "genrec.cli", "train", "--params", str(params_path), "--base", str(tiny["base"]),
+            "--prompts", str(tiny["prompts"]), "--out", str(out))
+    proc = subprocess.Popen(tiny_genrec.launch_command(params.train.accelerate_profile, *args), cwd=tmp_path,
+                            env=tiny_genrec.launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 300
     while not (ckpts / "checkpoint-3" / "trainer_state.json").exists():
@@ -446,7 +429,7 @@ def test_two_processes_resume_after_kill(trained, tiny, tmp_path):
     assert not out.exists()
     killed_run = json.loads((ckpts / train.STATE_FILE).read_text())["run_id"]
 
-    done = subprocess.run(launch(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = tiny_genrec.accelerate_launch(params.train.accelerate_profile, *args, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     state = json.loads((out / "trainer_state.json").read_text())
     config = json.loads((out / "config.json").read_text())
@@ -461,8 +444,6 @@ def test_two_processes_run_the_default_recipe_with_a_learning_curve(tmp_path, pr
     every process takes part in the curve (DDP: a share of the users each; FSDP: every user, in step), so
     it neither hangs nor copies the model, and its points equal those of one process with twice the
     accumulation (the same 4 rows make each step)."""
-    import socket
-
     import mlflow
 
     from genrec.config.params import EvalParams
@@ -489,16 +470,10 @@ def test_two_processes_run_the_default_recipe_with_a_learning_curve(tmp_path, pr
     two.mkdir()
     params = params_in(two, profile)
     (two / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
-           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(two / "params.yaml"),
-           "--base", str(base), "--prompts", str(tmp_path / "prompts"), "--processed", str(processed),
-           "--out", str(two / "genrec"), "--curve", str(two / "curve")]
-    proc = subprocess.run(cmd, cwd=two, env=env, capture_output=True, text=True, timeout=600)
+    proc = tiny_genrec.accelerate_launch(params.train.accelerate_profile, "-m", "genrec.cli", "train", "--params",
+                                         str(two / "params.yaml"), "--base", str(base), "--prompts",
+                                         str(tmp_path / "prompts"), "--processed", str(processed),
+                                         "--out", str(two / "genrec"), "--curve", str(two / "curve"), cwd=two)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     config = json.loads((two / "genrec" / "config.json").read_text())["training"]
@@ -520,24 +495,16 @@ def test_a_failure_on_the_main_process_ends_every_process_with_its_error(tiny, t
     """Checking the saved adapter fails on the main process only (a learning rate so small that no lora_B
     weight moves off its zero initialisation): the other process stops at once with the main process's
     error instead of waiting in a collective until the timeout, and the MLflow run ends FAILED."""
-    import socket
-
     import mlflow
 
     params = tiny_params(tmp_path, accelerate_profile=str(ROOT / "configs" / "accelerate" / "cpu2.yaml"),
                          epochs=1, learning_rate=1e-46, process_timeout=900)
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(to_dict(params)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", params.train.accelerate_profile,
-           "--main_process_port", str(port), "-m", "genrec.cli", "train", "--params", str(params_path),
-           "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]), "--out", str(tmp_path / "genrec")]
     began = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = tiny_genrec.accelerate_launch(params.train.accelerate_profile, "-m", "genrec.cli", "train", "--params",
+                                         str(params_path), "--base", str(tiny["base"]), "--prompts", str(tiny["prompts"]),
+                                         "--out", str(tmp_path / "genrec"), cwd=tmp_path)
     assert proc.returncode != 0
     assert time.monotonic() - began < 300  # seconds, not the 900 s timeout
     assert "PeerFailure: the main process failed: RuntimeError: " in proc.stderr, proc.stderr[-3000:]

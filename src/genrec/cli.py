@@ -188,6 +188,12 @@ OPTIONS = {
     "plots": path_option("--plots", "plots_path", file(), "Per-k curves (CSV) for `dvc plots`."),
     "genrec_model": path_option("--genrec-model", "genrec_model_dir", folder(exists=True), "GenRec model folder: the "
                                 "report is logged into its MLflow run.", required=False),
+    "analysis": path_option("--analysis", "analysis_path", file(), "JSON file for every model's slices and "
+                            "beyond-accuracy metrics (a DVC metrics file)."),
+    "indexes": path_option("--indexes", "indexes_dir", folder(exists=True), "Folder of the item indexes "
+                           "(data/index/<dataset>, one <method>/codes.json each) from `genrec index`."),
+    "audit_out": path_option("--metrics", "metrics_path", file(), "JSON file for the leakage audits (a DVC metrics "
+                             "file)."),
     "reports": path_option("--reports", "reports_dir", folder(exists=True), "Folder of per-dataset reports "
                            "(reports/<dataset>/metrics/*.json, split_stats.json)."),
     "table_out": path_option("--out", "out_path", file(), "Markdown file: one Table 1 block per dataset."),
@@ -211,8 +217,11 @@ STAGES = (
      ("processed", "index", "view_out")),
     ("base_model", "Make the backbone available as a plain HF checkpoint (offline default: SmolLM2-135M-Instruct).",
      ("base_out", "cache")),
-    ("report", "Comparison table (with the paper's numbers), paired tests, figures and per-k curves.",
-     ("metrics_dir", "predictions_dir", "report_out", "figures", "plots", "genrec_model")),
+    ("audit", "Leakage audits: consecutive ids per item index, targets in their prompts, timestamp ties, repeats.",
+     ("processed", "prompts", "indexes", "audit_out")),
+    ("report", "Comparison table (with the paper's numbers), paired tests, slices by popularity and history length, "
+     "beyond-accuracy metrics, figures and per-k curves.",
+     ("metrics_dir", "predictions_dir", "processed", "report_out", "analysis", "figures", "plots", "genrec_model")),
     ("table", "One Table 1 across datasets: every model with intervals, the dataset's statistics, the paper's figures.",
      ("reports", "table_out")),
 )
@@ -260,12 +269,15 @@ add_stage_commands()
 @click.option("--test-metrics", "test_metrics_path", type=file(),
               help="Metrics of `genrec evaluate` on test: recorded as version tags and in the model card, never "
                    "compared. Other models' metrics files beside it fill the card's baseline table.")
+@click.option("--analysis", "analysis_path", type=file(), help="The report's analysis.json: GenRec's slice results "
+              "go into the model card (refused when they are not of the --test-metrics evaluation).")
 @click.option("--out", "out_path", type=file(), help="JSON report: who was champion, who is, why, and the test.")
 @click.option("--reset", is_flag=True, help="Archive the current champion (the split or protocol changed); with the "
               "paths, promote right after, else the next promotion chooses afresh.")
 @click.option("--reason", help="Why the champion is archived (tag archived_reason); required with --reset.")
 def promote(params_path, overrides, reset, reason, **paths):
     """Register the adapter as a pyfunc version with its model card; move `champion` if it wins a paired test."""
+    analysis_path = paths.pop("analysis_path")  # optional: the model card then has no slice table
     missing = [f"--{name.removesuffix('_dir').removesuffix('_path').replace('_', '-')}"
                for name, value in paths.items() if value is None]
     if reset != bool(reason):
@@ -276,7 +288,7 @@ def promote(params_path, overrides, reset, reason, **paths):
     if reset:
         run_stage("promote", params_path, overrides, entry="reset", reason=reason)
     if not missing:
-        run_stage("promote", params_path, overrides, **paths)
+        run_stage("promote", params_path, overrides, **paths, analysis_path=analysis_path)
 
 
 @main.command()

@@ -16,13 +16,13 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from genrec.config.sections import (EvalParams, IndexParams, IngestParams, LoraParams, ModelParams, P5Params, PromoteParams,
+from genrec.config.sections import (AuditParams, EvalParams, IndexParams, IngestParams, LoraParams, ModelParams, P5Params, PromoteParams,
                                     PromptsParams, ReportParams, SasrecParams, SplitParams, TrackingParams,
                                     TrainParams)
 from genrec.config.values import (HISTORY_FORMATS, SECTION, FolderName, FolderNames, Problem, has_type, hints,
                                   type_problem, unknown_key, validation_problems)
 
-__all__ = ["HISTORY_FORMATS", "EvalParams", "IndexParams", "IngestParams", "LoraParams", "ModelParams", "P5Params", "Params",
+__all__ = ["HISTORY_FORMATS", "AuditParams", "EvalParams", "IndexParams", "IngestParams", "LoraParams", "ModelParams", "P5Params", "Params",
            "ParamsError", "PromoteParams", "PromptsParams", "ReportParams", "SasrecParams", "SplitParams",
            "TrackingParams", "TrainParams", "load_params", "parse_override", "to_dict"]
 
@@ -49,6 +49,7 @@ class Params:
     sasrec: SasrecParams = Field(default_factory=SasrecParams)
     report: ReportParams = Field(default_factory=ReportParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
+    audit: AuditParams = Field(default_factory=AuditParams)
 
 
 def to_dict(params: Any) -> dict:

@@ -349,6 +349,38 @@ class ReportParams:
     """Seed of the paired bootstrap."""
     max_k: Int = Field(10, ge=1)
     """Per-k curves (HR@k, NDCG@k) run over k = 1..max_k."""
+    head_share: Float = Field(0.2, gt=0, lt=1)
+    """Head items: the most popular training items that together make this share of training interactions."""
+    tail_share: Float = Field(0.2, gt=0, lt=1)
+    """Tail items: the least popular items that together make this share of training interactions."""
+    cold_item_max: Int = Field(10, ge=1)
+    """Cold targets: items with fewer than this many training interactions."""
+    history_buckets: Int = Field(4, ge=1)
+    """Users are cut by training sequence length into this many quantile buckets (4: quartiles)."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> ReportParams:
+        if self.head_share + self.tail_share >= 1:
+            raise related("tail_share", f"head_share + tail_share = {self.head_share + self.tail_share:g}: must "
+                          "stay below 1 (the torso is what is left)")
+        return self
+
+
+AuditPolicy = Literal["warn", "fail"]
+
+
+@dataclass(frozen=True, config=SECTION)
+class AuditParams:
+    policy: AuditPolicy = "warn"
+    """What a tripped audit does: warn (a logged warning) | fail (the stage stops; audit.json is still written)."""
+    consecutive_ids_max: Float = Field(0.01, ge=0, le=1)
+    """Largest share of test targets whose id is the last history item's id + 1, per item index in use."""
+    target_in_prompt_max: Float = Field(0.0, ge=0, le=1)
+    """Largest share of valid/test targets whose title appears verbatim in their own prompt's history text."""
+    timestamp_ties_max: Float = Field(0.0, ge=0, le=1)
+    """Largest share of valid/test targets sharing their timestamp with a history item."""
+    targets_in_history_max: Float = Field(0.0, ge=0, le=1)
+    """Largest share of valid/test targets already in the user's history."""
 
 
 MAX_PROMOTE_SAMPLES = 100_000

@@ -143,7 +143,8 @@ def target_in_prompt_audit(seqs, prompts_dir: Path, limit: float) -> dict:
     found = [leak for name in audit.TARGETS for leak in leaked[name].values()]
     kinds = [leak.kind for leak in found]
     example = next((f"{leak.title!r} inside {leak.shown!r}" if leak.kind == "substring" and leak.shown else
-                    f"{leak.title!r}" for leak in found), "")
+                    f"{leak.title!r}, the title of another item too" if leak.kind == "shared_title" else
+                    f"{leak.title!r} across two titles" for leak in found), "")
     return {**rates({name: len(leaked[name]) for name in audit.TARGETS}, len(seqs.user_ids), limit),
             "shared_title": kinds.count("shared_title"), "substring": kinds.count("substring"), "example": example,
             **views}

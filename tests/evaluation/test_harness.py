@@ -54,12 +54,14 @@ def test_a_recommender_added_through_the_interface_appears_in_the_report_and_the
 
     result = report_stage.run(params, metrics_dir=tmp_path / "metrics", predictions_dir=tmp_path / "predictions",
                               out_path=tmp_path / "comparison.md", figures_dir=tmp_path / "figures",
-                              plots_path=tmp_path / "per_k.csv")
+                              plots_path=tmp_path / "per_k.csv", processed_dir=split,
+                              analysis_path=tmp_path / "analysis.json")
     assert result["models"] == ["mostpop", "random"]  # the table's order, then names it does not know
     assert set(result["paired_tests"]["random"]) == {"hr_at_10", "ndcg_at_10"}
     text = (tmp_path / "comparison.md").read_text()
     assert "| random | 6 |" in text and "| random | 6 | " in text.split("## Paired tests against mostpop")[1]
     assert "random_hr" in (tmp_path / "per_k.csv").read_text().splitlines()[0]
+    assert set(json.loads((tmp_path / "analysis.json").read_text())["models"]) == {"mostpop", "random"}
 
     client = mlflow.MlflowClient(params.tracking.uri)
     experiment = client.get_experiment_by_name(f"{params.tracking.experiment_prefix}-{params.dataset}")

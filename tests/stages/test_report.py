@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from genrec.errors import DataError
@@ -52,10 +53,23 @@ def params(tmp_path, monkeypatch):
                                report=dataclasses.replace(base.report, paired_samples=500))
 
 
+def write_split(folder):
+    """The training part and catalogue `fake_evaluation`'s users and items come from: user i has i % 7 + 1
+    training items and the popular `t-pop` twice; each user's target `t-<user>` was seen once, by another user."""
+    rows = [(u, f"x-{u}-{j}") for i, u in enumerate(USERS) for j in range(i % 7 + 1)]
+    rows += [(u, "t-pop") for u in USERS] * 2 + [(USERS[(i + 1) % len(USERS)], f"t-{u}") for i, u in enumerate(USERS)]
+    items = sorted({item for _, item in rows} | {f"x-{u}-{j}" for u in USERS for j in range(10)})
+    folder.mkdir(exist_ok=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id"]).to_parquet(folder / "train.parquet")
+    pd.DataFrame({"item_id": items}).to_parquet(folder / "items.parquet")
+    return folder
+
+
 def run(params, tmp_path):
     return stage.run(params, metrics_dir=tmp_path / "metrics", predictions_dir=tmp_path / "predictions",
                      out_path=tmp_path / "comparison.md", figures_dir=tmp_path / "figures",
-                     plots_path=tmp_path / "plots" / "per_k.csv")
+                     plots_path=tmp_path / "plots" / "per_k.csv", processed_dir=write_split(tmp_path / "processed"),
+                     analysis_path=tmp_path / "analysis.json")
 
 
 def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params):
@@ -81,10 +95,12 @@ def test_report_renders_table_figures_curves_and_logs_to_mlflow(tmp_path, params
     from genrec.tracking import runs as tracking
 
     client = tracking.mlflow_client(params)
-    runs = client.search_runs([client.get_experiment_by_name("genrec-ml-latest-small").experiment_id])
-    assert len(runs) == 1 and runs[0].data.tags["genrec.family"] == "report"
+    runs = client.search_runs([client.get_experiment_by_name("genrec-ml-latest-small").experiment_id],
+                              filter_string="tags.`genrec.family` = 'report'")
+    assert len(runs) == 1
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
-    assert logged == {"report/comparison.md", "report/comparison.png", "report/per_k.png", "report/per_k.csv"}
+    assert logged == {"report/comparison.md", "report/comparison.png", "report/per_k.png", "report/per_k.csv",
+                      "report/slices.png", "report/analysis.json"}
 
 
 def test_report_refuses_metrics_from_another_split(tmp_path, params):
@@ -172,3 +188,72 @@ def test_without_pairs_the_section_says_so(tmp_path, params):
     out = run(params, tmp_path)
     assert out["representation_tests"] == []
     assert "## Item representations\n\nNo representation tests" in (tmp_path / "comparison.md").read_text()
+
+
+def test_slices_beyond_accuracy_metrics_and_their_runs(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1)
+    fake_evaluation(tmp_path, "mostpop", hit_rate=0.1, seed=2)
+    out = run(params, tmp_path)
+
+    analysis = json.loads((tmp_path / "analysis.json").read_text())
+    assert analysis["users"] == "every evaluated user" and analysis["split"] == "test"
+    popularity = analysis["buckets"]["popularity"]
+    # 240 t-pop + 120 target + 477 other interactions: t-pop alone makes the first 20%.
+    assert popularity["head"]["items"] == 1 and popularity["head_min_interactions"] == 240
+    genrec = analysis["models"]["genrec"]
+    pop = genrec["slices"]["popularity"]
+    # The targets t-<user> were seen once each: cold, and torso (the tail's run from the bottom, items with equal
+    # counts ordered by id, ends among the 477 x-<user>-<j> items, which sort after them).
+    assert (pop["head"]["users"], pop["torso"]["users"], pop["tail"]["users"], pop["cold"]["users"]) == (0, 120, 0, 120)
+    ranks = outputs.read_ranks(tmp_path / "predictions" / "genrec.jsonl")
+    assert pop["cold"]["hr_at_10"] == pytest.approx(sum(r is not None for r in ranks.values()) / 120)
+    lengths = [r["users"] for r in analysis["buckets"]["history"].values()]
+    assert sum(lengths) == 120 and len(lengths) == 4
+    assert sum(genrec["slices"]["history"][name]["users"] for name in genrec["slices"]["history"]) == 120
+    # Every list names 10 distinct items of its own (a hit swaps one for the user's target): 1,200 of the 1,321
+    # catalogue items (1,200 x-<user>-<j>, 120 t-<user>, t-pop), each once; 121 never: Gini 121 / 1,321.
+    assert genrec["beyond"]["coverage_at_10"] == pytest.approx(1200 / 1321)
+    assert genrec["beyond"]["gini_at_10"] == pytest.approx(121 / 1321)
+    assert genrec["predictions_sha256"] is None  # fake_evaluation records none: nothing to check
+    cold = analysis["paired"]["mostpop"]["popularity.cold"]["hr_at_10"]
+    assert cold["users"] == 120 and cold["diff"] > 0.3
+
+    text = (tmp_path / "comparison.md").read_text()
+    assert "## Slices: the target's popularity, the user's history" in text and "](figures/slices.png)" in text
+    assert f"| genrec | n/a | {pop['torso']['hr_at_10']:.3f} [" in text
+    assert "## Beyond accuracy" in text and f"| genrec | 120 | {genrec['beyond']['coverage_at_10']:.3f} |" in text
+
+    from genrec.tracking import runs as tracking
+
+    client = tracking.mlflow_client(params)
+    experiment = client.get_experiment_by_name("genrec-ml-latest-small").experiment_id
+    nested = {r.data.tags[stage.ANALYSIS_TAG]: r for r in client.search_runs(
+        [experiment], filter_string="tags.`genrec.family` = 'analysis'")}
+    assert set(nested) == {"genrec", "mostpop"}
+    logged = nested["genrec"].data.metrics
+    assert logged["test.slice.popularity.cold.hr_at_10"] == pytest.approx(pop["cold"]["hr_at_10"])
+    assert logged["test.coverage_at_10"] == pytest.approx(genrec["beyond"]["coverage_at_10"])
+    report_run = client.search_runs([experiment], filter_string="tags.`genrec.family` = 'report'")[0]
+    assert nested["genrec"].data.tags["mlflow.parentRunId"] == report_run.info.run_id
+
+    # With a GenRec model folder, every report logs into its training run, and later reports into the same
+    # nested runs.
+    with tracking.start_or_resume_run(params, run_name="genrec") as training:
+        tracking.write_run_file(tmp_path / "model" / tracking.RUN_FILE, training)
+    for _ in range(2):
+        stage.run(params, metrics_dir=tmp_path / "metrics", predictions_dir=tmp_path / "predictions",
+                  out_path=tmp_path / "comparison.md", figures_dir=tmp_path / "figures",
+                  plots_path=tmp_path / "plots" / "per_k.csv", processed_dir=tmp_path / "processed",
+                  analysis_path=tmp_path / "analysis.json", genrec_model_dir=tmp_path / "model")
+    under = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{training.info.run_id}'")
+    assert sorted(r.data.tags[stage.ANALYSIS_TAG] for r in under) == ["genrec", "mostpop"]
+
+
+def test_predictions_that_are_not_their_metrics_files_evaluation_are_refused(tmp_path, params):
+    fake_evaluation(tmp_path, "genrec", hit_rate=0.6, seed=1)
+    metrics_path = tmp_path / "metrics" / "genrec.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "predictions_sha256": "0" * 64}))
+    with pytest.raises(DataError, match=r"genrec.jsonl.*predictions_sha256 of its metrics file"):
+        run(params, tmp_path)
+    assert not (tmp_path / "analysis.json").exists() and not (tmp_path / "comparison.md").exists()

@@ -1,4 +1,5 @@
-"""The comparison's figures: grouped bars with 95% intervals, HR@k and NDCG@k against k (PNG, matplotlib)."""
+"""The comparison's figures: grouped bars with 95% intervals, HR@k and NDCG@k against k, a metric by popularity
+slice (PNG, matplotlib)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,41 @@ def curves_chart(rows: list[dict], models: list[str], path: str | Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def slice_chart(analysis: dict, metric: str, path: str | Path) -> Path:
+    """`metric` (e.g. hr_at_10) by popularity slice (head, torso, tail, cold), one bar per model, with the 95%
+    intervals as error bars (PNG); `analysis` is `genrec.evaluation.slices.analyse`'s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genrec.evaluation.slices import POPULARITY
+
+    names = [*POPULARITY, "cold"]
+    models = analysis["models"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(names))
+    for i, (model, result) in enumerate(models.items()):
+        cells = [result["slices"]["popularity"][name] for name in names]
+        values = np.array([c.get(metric, np.nan) for c in cells], dtype=float)
+        low = np.array([c.get("ci95_low", {}).get(metric, v) for c, v in zip(cells, values)], dtype=float)
+        high = np.array([c.get("ci95_high", {}).get(metric, v) for c, v in zip(cells, values)], dtype=float)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=result.get("label", model),
+               yerr=np.vstack([values - low, high - values]), capsize=2)
+    users = models[next(iter(models))]["slices"]["popularity"] if models else {}
+    ax.set_xticks(x, [f"{name}\n({users.get(name, {}).get('users', 0)} users)" for name in names])
+    ax.set_ylabel(f"{metric_label(metric)} (95% bootstrap interval)")
+    ax.set_title(f"{metric_label(metric)} by the target's popularity in the training split")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

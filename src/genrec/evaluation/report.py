@@ -133,13 +133,111 @@ def representation_table(tests: list[dict], results: list[ModelResult]) -> list[
     return lines
 
 
+def slice_names(analysis: dict) -> list[tuple[str, str, str]]:
+    """(kind, slice, column label) of every slice of `analysis` (`genrec.evaluation.slices.analyse`), in table
+    order: the popularity buckets and cold, then the history buckets, each label with what the slice holds."""
+    popularity, history = analysis["buckets"]["popularity"], analysis["buckets"]["history"]
+    labels = {"head": f"head (≥{popularity['head_min_interactions']})",
+              "torso": "torso", "tail": f"tail (≤{popularity['tail_max_interactions']})",
+              "cold": f"cold (<{popularity['cold_below_interactions']})"}
+    out = [("popularity", name, labels[name]) for name in ("head", "torso", "tail", "cold")]
+    for name, bucket in history.items():
+        span = (f"{bucket['min_length']}–{bucket['max_length']}" if bucket["min_length"] != bucket["max_length"]
+                else f"{bucket['min_length']}") if bucket["users"] else "empty"
+        out.append(("history", name, f"history {name} ({span})"))
+    return out
+
+
+def slice_table(analysis: dict, metric: str) -> list[str]:
+    """Markdown rows: per model, `metric` with its 95% interval in every slice; the header row names each
+    slice and how many of the compared users it holds."""
+    names = slice_names(analysis)
+    first = next(iter(analysis["models"].values()))
+    head = ["model", *(f"{label}, {first['slices'][kind][name]['users']} users" for kind, name, label in names)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, result in analysis["models"].items():
+        cells = [result.get("label", model)]
+        for kind, name, _ in names:
+            m = result["slices"][kind][name]
+            value = m.get(metric)
+            low, high = m.get("ci95_low", {}).get(metric), m.get("ci95_high", {}).get(metric)
+            cells.append("n/a" if value is None else f"{value:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def slice_paired_table(analysis: dict, metric: str) -> list[str]:
+    """Markdown rows: per other model, the reference minus it in `metric` within every slice, with the p-value."""
+    names = slice_names(analysis)
+    head = ["vs", *(label for _, _, label in names)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, tests in analysis["paired"].items():
+        cells = [analysis["models"][model].get("label", model)]
+        for kind, name, _ in names:
+            test = tests.get(f"{kind}.{name}", {}).get(metric)
+            cells.append("n/a" if test is None else f"{test['diff']:+.3f} (p {test['p_value']:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+BEYOND = (("coverage", "coverage@{k}", 3), ("arp", "ARP@{k}", 1), ("novelty", "novelty@{k}", 2), ("gini", "Gini@{k}", 3))
+"""The beyond-accuracy columns: key prefix, label, digits."""
+
+
+def beyond_table(analysis: dict) -> list[str]:
+    """Markdown rows: per model, its users and the beyond-accuracy metrics of its top-k lists."""
+    first = next(iter(analysis["models"].values()))
+    k = next(key for key in first["beyond"] if key.startswith("coverage_at_")).rpartition("_")[2]
+    head = ["model", "users", *(label.format(k=k) for _, label, _ in BEYOND)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, result in analysis["models"].items():
+        cells = [result.get("label", model), str(result["users"]),
+                 *(_number(result["beyond"].get(f"{key}_at_{k}"), digits) for key, _, digits in BEYOND)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def analysis_section(analysis: dict, figure: str | None) -> list[str]:
+    """The comparison's "Slices" and "Beyond accuracy" sections."""
+    metric = analysis["tested"][0]
+    reference = analysis["reference"]
+    buckets = analysis["buckets"]["popularity"]
+    parts = ["## Slices: the target's popularity, the user's history", "",
+             f"Every model on {analysis['users']}, cut by the popularity of the user's {analysis['split']} item in the "
+             f"training split (head: the {buckets['head']['items']:,} most popular items, "
+             f"≥{buckets['head_min_interactions']} training interactions each, making the first "
+             f"{buckets['head_share']:.0%} of all; tail: the {buckets['tail']['items']:,} least popular, "
+             f"≤{buckets['tail_max_interactions']} each, the last {buckets['tail_share']:.0%}; cold: fewer than "
+             f"{buckets['cold_below_interactions']}, overlapping the tail) and by the length of the user's training "
+             f"sequence (quantile buckets over every user of the split). {metric_label(metric)} with 95% bootstrap "
+             "intervals over the slice's users; definitions in docs/evaluation.md.", "",
+             *slice_table(analysis, metric), ""]
+    if figure:
+        parts += [f"![{metric_label(metric)} by popularity slice]({figure})", ""]
+    if analysis["paired"]:
+        parts += [f"{reference} minus each model within each slice, {metric_label(metric)}, on the slice's users "
+                  "both evaluated (paired bootstrap, two-sided p; analysis.json also holds "
+                  + ", ".join(metric_label(m) for m in analysis["tested"][1:]) + "):", "",
+                  *slice_paired_table(analysis, metric), ""]
+    parts += ["## Beyond accuracy", "",
+              "Over the same users' top-k lists: coverage (share of catalogue items recommended at least once), ARP "
+              "(average training interactions of the recommended items), novelty (mean -log2 of their add-one "
+              "smoothed training popularity) and the Gini index of how often each catalogue item is recommended "
+              "(near 1: a few items take every slot). Definitions and references in docs/evaluation.md.", "",
+              *beyond_table(analysis), ""]
+    return parts
+
+
 def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[str, dict], reference: str,
                     samples: int, dataset: str, figure_name: str, sample: dict | None = None,
                     all_users: list[ModelResult] | None = None, interval_samples: int | None = None,
-                    representation_tests: list[dict] | None = None) -> str:
+                    representation_tests: list[dict] | None = None, analysis: dict | None = None,
+                    slice_figure: str | None = None) -> str:
     """The whole comparison.md; with a `sample` (`on_reference_users`), its statement (the restricted intervals
     used `interval_samples` resamples) and an "All users" table of `all_users`, the results before it; then the
-    "Item representations" section of `representation_tests` (`comparison.representation_tests`)."""
+    slices and beyond-accuracy sections of `analysis` (`genrec.evaluation.slices.analyse`, its figure
+    `slice_figure`) and the "Item representations" section of `representation_tests`
+    (`comparison.representation_tests`)."""
     protocol = results[0].metrics.get("protocol", {})
     users = sorted({r.metrics.get("users") for r in results}, key=str)
     parts = [
@@ -168,6 +266,8 @@ def render_markdown(results: list[ModelResult], fingerprint: str, tests: dict[st
                   f"A positive difference means {reference} is better.", "", *paired_table(tests, reference)]
     else:
         parts.append(f"No paired tests: no metrics file for {reference!r}, or no other model.")
+    if analysis is not None:
+        parts += ["", *analysis_section(analysis, slice_figure)[:-1]]
     parts += ["", "## Item representations", ""]
     if representation_tests:
         parts += ["How a model names items, tested pair by pair: each model against its family's default "

@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path, valid_metrics_path: Path,
-        valid_predictions_path: Path, test_metrics_path: Path, out_path: Path) -> dict:
+        valid_predictions_path: Path, test_metrics_path: Path, out_path: Path, analysis_path: Path | None = None) -> dict:
     """Register the adapter in `model_dir`, store its validation ranks and card, apply the rule, write `out_path`.
+
+    With `analysis_path` (the report's analysis.json), the card lists this version's test slices and
+    beyond-accuracy metrics (`read_slices`).
 
     Returns:
         The promotion report written to `out_path`.
@@ -56,7 +59,8 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
         DataError: a missing or malformed metrics or predictions file (in particular no validation NDCG@10),
             a metrics file of the wrong split, validation and test metrics of different item representations,
             an adapter of another dataset, a missing input, or metrics and predictions that are not the
-            evaluation of `model_dir` on `processed_dir` (`check_evidence`).
+            evaluation of `model_dir` on `processed_dir` (`check_evidence`), or an analysis.json that is not
+            of the test metrics' evaluation (`read_slices`).
         promotion.RepresentationMismatch: the champion names items otherwise than this version and
             `promote.across_representations` is false (the version is registered, the champion kept).
     """
@@ -75,6 +79,7 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
     check_evidence(valid, Path(valid_metrics_path), "valid", adapter=adapter, fingerprint=fingerprint,
                    predictions_path=Path(valid_predictions_path))
     check_evidence(test, Path(test_metrics_path), "test", adapter=adapter, fingerprint=fingerprint)
+    slices = None if analysis_path is None else read_slices(Path(analysis_path), test, Path(test_metrics_path))
     tags = {**version_tags(valid, test, config, params, split_fingerprint=fingerprint), promotion.ITEMS_TAG: items}
     version, created = registry.register_adapter(params, model_dir=model_dir, base_dir=base_dir,
                                                  items_path=items_path, tags=tags)
@@ -84,7 +89,7 @@ def run(params: Params, *, model_dir: Path, base_dir: Path, processed_dir: Path,
         name=version.name, version=str(version.version), tags=version.tags, config=config,
         adapter=read_json(model_dir / "adapter_config.json"), template=read_json(model_dir / "template.json"),
         valid=valid, test=test,
-        baselines=read_baselines(Path(test_metrics_path), fingerprint),
+        baselines=read_baselines(Path(test_metrics_path), fingerprint), slices=slices,
         data_hashes=data_hashes(params, version.run_id, base_dir, processed_dir), run_id=version.run_id)
     registry.describe_version(params, version, card)
     decision = promotion.promote(params, version)
@@ -205,6 +210,32 @@ def read_valid_ranks(path: Path, valid: dict, metrics_path: Path) -> dict[str, R
         raise DataError(f"{len(ranks)} users, but {metrics_path} reports {valid['users']}", path=path,
                         fix="rerun the evaluate_valid stage, which writes both (dvc repro evaluate_valid)")
     return ranks
+
+
+def read_slices(path: Path, test: dict, test_metrics_path: Path) -> dict:
+    """The test metrics' model in the report's analysis.json, with the analysis' buckets and users.
+
+    Raises:
+        DataError: the file is missing or not JSON, does not hold the model, or holds slices of another
+            evaluation (its `predictions_sha256` is not the test metrics').
+    """
+    fix = "rerun the report stage on these test metrics (dvc repro report)"
+    if not path.exists():
+        raise DataError("not found", path=path, fix=fix)
+    try:
+        analysis = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"not JSON ({err.msg})", path=path, fix=fix) from None
+    model = str(test.get("model") or test_metrics_path.stem)
+    found = (analysis.get("models") or {}).get(model) if isinstance(analysis, dict) else None
+    if found is None:
+        raise DataError(f"no slices of {model!r}", path=path, column=f"models.{model}", fix=fix)
+    if found.get("predictions_sha256") != test.get("predictions_sha256"):
+        raise DataError(f"the slices of {model!r} are of predictions {str(found.get('predictions_sha256'))[:12]}, the "
+                        f"test metrics of {str(test.get('predictions_sha256'))[:12]} ({test_metrics_path}): another "
+                        "evaluation", path=path, column=f"models.{model}.predictions_sha256", fix=fix)
+    return {**found, "buckets": analysis.get("buckets") or {}, "users_note": analysis.get("users"),
+            "split": analysis.get("split")}
 
 
 def read_json(path: Path) -> dict | None:

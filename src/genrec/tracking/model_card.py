@@ -3,13 +3,14 @@
 What a reader needs to trust or reproduce a version, in one place: the backbone and its sha256, the
 dataset and split fingerprint, the prompt template, the LoRA and training settings, the data hashes
 (DVC's md5 from dvc.lock where recorded), the git commit, validation and test metrics with their 95%
-bootstrap intervals, and the baselines evaluated on the same split. A pure function of what the promote
+bootstrap intervals, the baselines evaluated on the same split, and the test slices (target popularity,
+history length) with the beyond-accuracy metrics from the report's analysis.json. A pure function of what the promote
 stage reads, so a rerun on the same inputs writes the same card (and leaves the version untouched).
 """
 
 from __future__ import annotations
 
-from genrec.evaluation.metrics import metric_label, metric_names
+from genrec.evaluation.metrics import metric_label, metric_names, parse_metric
 from genrec.models.table import order_key
 
 TRAIN_KEYS = ("format", "prompt_history", "epochs", "max_steps", "batch_size", "micro_batch_size", "learning_rate",
@@ -18,7 +19,8 @@ TRAINING_SUMMARY = ("global_step", "train_loss", "eval_loss", "train_seconds", "
 
 
 def model_card(*, name: str, version: str, tags: dict, config: dict, adapter: dict | None, template: dict | None,
-               valid: dict, test: dict, baselines: dict[str, dict], data_hashes: dict[str, str], run_id: str) -> str:
+               valid: dict, test: dict, baselines: dict[str, dict], data_hashes: dict[str, str], run_id: str,
+               slices: dict | None = None) -> str:
     """The markdown card of version `version` of `name`.
 
     Args:
@@ -30,6 +32,7 @@ def model_card(*, name: str, version: str, tags: dict, config: dict, adapter: di
         baselines: other models' test metrics on the same split, by model name (may be empty).
         data_hashes: {input path: "md5:..." | "sha256:..."}.
         run_id: the MLflow run that trained the adapter.
+        slices: this version's entry of the report's analysis.json (`genrec.stages.promote.read_slices`), or None.
     """
     params = config.get("params") or {}
     lines = [f"# {name} version {version}", "",
@@ -37,7 +40,7 @@ def model_card(*, name: str, version: str, tags: dict, config: dict, adapter: di
              f"Load it with `mlflow.pyfunc.load_model(\"models:/{name}/{version}\")`.", ""]
     lines += _lineage(tags, config, run_id) + _data(data_hashes) + _prompt(template, params)
     lines += _training(params, adapter, config.get("training") or {})
-    lines += _metrics(valid, test) + _baselines(test, baselines)
+    lines += _metrics(valid, test) + _baselines(test, baselines) + _slices(slices)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -136,3 +139,41 @@ def _baselines(test: dict, baselines: dict[str, dict]) -> list[str]:
             "(unpaired; the report stage's paired tests say which differences are significant).", "",
             *_table(("Model", metric_label(hr), metric_label(ndcg), f"this version minus model, {metric_label(ndcg)}"),
                     rows)]
+
+
+BEYOND = (("coverage", "coverage", 3), ("arp", "ARP", 1), ("novelty", "novelty", 2), ("gini", "Gini", 3))
+"""The beyond-accuracy metrics in the card's order: key prefix, label, digits."""
+SLICE_LABELS = {"head": "head: popular targets", "torso": "torso", "tail": "tail: rare targets",
+                "cold": "cold targets"}
+
+
+def _slices(slices: dict | None) -> list[str]:
+    if slices is None:
+        return []
+    first = next((m for groups in slices["slices"].values() for m in groups.values() if m.get("users")), {})
+    names = metric_names(sorted({parse_metric(key)[1] for key in first if key.startswith(("hr_at_", "ndcg_at_"))}))
+    popularity = slices.get("buckets", {}).get("popularity", {})
+    edges = {"head": f"≥{popularity.get('head_min_interactions')} training interactions",
+             "tail": f"≤{popularity.get('tail_max_interactions')}",
+             "cold": f"<{popularity.get('cold_below_interactions')}", "torso": "between"}
+    rows = []
+    for kind in ("popularity", "history"):
+        groups = slices["slices"].get(kind, {})
+        order = [*SLICE_LABELS] if kind == "popularity" else sorted(groups, key=lambda name: int(name[1:]))
+        for name in (name for name in order if name in groups):
+            metrics = groups[name]
+            if kind == "popularity":
+                label = f"{SLICE_LABELS.get(name, name)} ({edges.get(name, '')})"
+            else:
+                bucket = slices.get("buckets", {}).get("history", {}).get(name, {})
+                label = f"history {name} ({bucket.get('min_length')}–{bucket.get('max_length')} training items)"
+            rows.append((label, metrics.get("users", 0), *(_interval(metrics, key) for key in names)))
+    beyond = slices.get("beyond") or {}
+    shown = ", ".join(f"{label}@{key.rpartition('_at_')[2]} {beyond[key]:.{digits}f}"
+                      for prefix, label, digits in BEYOND for key in beyond
+                      if key.startswith(f"{prefix}_at_") and isinstance(beyond[key], (int, float)))
+    return ["## Slices of the test users", "",
+            f"The test metrics by the target's popularity in the training split and by the user's history length, "
+            f"on {slices.get('users_note')} (the report's analysis.json; definitions in docs/evaluation.md). "
+            f"Beyond accuracy: {shown}.", "",
+            *_table(("Slice", "Users", *(metric_label(key) for key in names)), rows)]

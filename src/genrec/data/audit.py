@@ -135,7 +135,8 @@ def timestamp_ties(seqs: Sequences, timestamps: np.ndarray) -> dict[str, int]:
     training or valid item."""
     key = split.user_time_key(seqs.user, timestamps)
     train, valid, test = (seqs.split == part for part in range(len(SPLITS)))
-    return {"valid": int(np.isin(key[valid], key[train]).sum()), "test": int(np.isin(key[test], key[train | valid]).sum())}
+    return {"valid": int(np.isin(key[valid], key[train]).sum()),
+            "test": int(np.isin(key[test], key[train | valid]).sum())}
 
 
 def targets_in_history(seqs: Sequences) -> dict[str, int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from genrec.config.params import Params
 from genrec.data import audit
-from genrec.data.sequences import load_sequences
+from genrec.data.sequences import Sequences, load_sequences
 from genrec.errors import DataError
 from genrec.indexing.codes import CODES_FILE, ItemCodes
 from genrec.io import write_json
@@ -95,7 +95,7 @@ def rates(counts: dict[str, int], users: int, limit: float) -> dict:
             "limit": limit, "tripped": exceeds(count, 2 * users, limit)}
 
 
-def consecutive_ids_audit(seqs, indexes_dir: Path, used: list[str], limit: float) -> dict:
+def consecutive_ids_audit(seqs: Sequences, indexes_dir: Path, used: list[str], limit: float) -> dict:
     """`audit.consecutive_ids` of every index folder under `indexes_dir`; tripped: an index in use whose test
     share exceeds `limit`.
 
@@ -123,7 +123,7 @@ def consecutive_ids_audit(seqs, indexes_dir: Path, used: list[str], limit: float
             "indexes": indexes}
 
 
-def target_in_prompt_audit(seqs, prompts_dir: Path, limit: float) -> dict:
+def target_in_prompt_audit(seqs: Sequences, prompts_dir: Path, limit: float) -> dict:
     """`audit.title_leak` over the valid/test prompt records and over each user's whole history.
 
     A target counts when either text shows its title through another item (`shared_title` or `substring`);
@@ -166,14 +166,16 @@ def findings(audits: dict, policy: str) -> list[str]:
     users = ties["targets"] // 2
 
     def index_shares(in_use: bool) -> str:
-        return ", ".join(f"{method}{' (leaky)' if r['leaky'] else ''} {r['test_count']:,} ({100 * r['test_share']:.1f}%)"
-                         for method, r in indexes.items() if r["in_use"] == in_use) or "none"
+        return ", ".join(f"{method}{' (leaky)' if r['leaky'] else ''} {r['test_count']:,} "
+                         f"({100 * r['test_share']:.1f}%)" for method, r in indexes.items()
+                         if r["in_use"] == in_use) or "none"
 
     items = next((r["items"] for r in indexes.values()), 0)
     example = f", e.g. {prompt['example']}" if prompt["example"] else ""
     return [
         f"{NAMES['consecutive_ids']}: test targets coded as the user's last history item + 1, of {users:,} "
-        f"(chance 1/{items:,} each): in use {index_shares(True)}; not in use {index_shares(False)} {status(consecutive)}",
+        f"(chance 1/{items:,} each): in use {index_shares(True)}; not in use {index_shares(False)} "
+        f"{status(consecutive)}",
         f"{NAMES['target_in_prompt']}: {percent(prompt['count'], prompt['targets'], 'valid/test targets')} have their "
         f"title in their prompt's history text through another item ({prompt['shared_title']:,} with the same "
         f"title, {prompt['substring']:,} inside a longer title{example}) {status(prompt)}",

@@ -361,3 +361,42 @@ def test_files_that_are_not_this_evaluation_of_this_adapter_are_refused(history,
     result = CliRunner().invoke(promote_command, promote_command_line(w, tmp_path, folder, model_dir, **files))
     assert expected in one_error_line(result)
     assert state(w) == before
+
+
+def test_the_card_lists_the_reports_test_slices_and_refuses_those_of_another_evaluation(tmp_path):
+    from genrec.evaluation import slices
+    from genrec.stages import promote
+
+    w = tiny.world(tmp_path)
+    w["params"] = replace(w["params"], promote=PromoteParams(alpha=None))
+    folder = tmp_path / "sliced"
+    model_dir = tiny.write_adapter(folder / "model", w["base"], w["params"], 1)
+    evidence = {"model_dir": model_dir, "processed": w["processed"]}
+    tiny.write_metrics(folder / "valid.json", "valid", [1, None], predictions=folder / "valid.jsonl", **evidence)
+    test = tiny.write_metrics(folder / "test.json", "test", [1, 3], predictions=folder / "test.jsonl", **evidence)
+    lists = slices.read_lists(folder / "test.jsonl", test["predictions_sha256"])
+    analysis = slices.analyse({"test": lists}, slices.read_split(w["processed"]), reference="test", ks=[5, 10],
+                              head_share=0.2, tail_share=0.2, cold_item_max=10, history_count=2, samples=50,
+                              paired_samples=50, seed=0, paired_seed=0, tested=["hr_at_10"])
+    analysis["models"]["test"]["predictions_sha256"] = test["predictions_sha256"]
+    (folder / "analysis.json").write_text(json.dumps({"users": "every evaluated user", "split": "test", **analysis}))
+    paths = dict(model_dir=model_dir, base_dir=w["base"], processed_dir=w["processed"],
+                 valid_metrics_path=folder / "valid.json", valid_predictions_path=folder / "valid.jsonl",
+                 test_metrics_path=folder / "test.json", out_path=folder / "promotion.json",
+                 analysis_path=folder / "analysis.json")
+
+    stale = json.loads((folder / "analysis.json").read_text())
+    stale["models"]["test"]["predictions_sha256"] = "0" * 64
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    with pytest.raises(DataError, match=r"stale.json.*another evaluation.*dvc repro report"):
+        promote.run(w["params"], **{**paths, "analysis_path": tmp_path / "stale.json"})
+    assert not tracking.mlflow_client(w["params"]).search_registered_models()  # refused before registering
+
+    promote.run(w["params"], **paths)
+    card = tracking.mlflow_client(w["params"]).get_model_version(NAME, "1").description
+    cold = analysis["models"]["test"]["slices"]["popularity"]["cold"]
+    # Both targets ("target") are outside the catalogue: no training interactions, so tail and cold.
+    assert "## Slices of the test users" in card and "Beyond accuracy: coverage@10 0.000" in card
+    assert (f"| cold targets (<10) | 2 | {cold['hr_at_5']:.4f} [{cold['ci95_low']['hr_at_5']:.4f}, "
+            f"{cold['ci95_high']['hr_at_5']:.4f}] |") in card
+    assert "| head: popular targets (≥" in card and "| head: popular targets" in card.split("| cold")[0]

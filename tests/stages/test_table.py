@@ -109,3 +109,19 @@ def test_no_dataset_folder_is_a_data_error(tmp_path, params):
     with pytest.raises(DataError, match="no <dataset>/metrics/ folders"):
         table.run(params, reports_dir=tmp_path / "reports", out_path=tmp_path / "t.md")
     assert not (tmp_path / "t.md").exists()
+
+
+def test_each_block_lists_its_leakage_audits(tmp_path, params):
+    reports = tmp_path / "reports"
+    write_dataset(reports, "ml-latest-small", [1, None], {"users": 2, "items": 5, "interactions": 8, "sparsity": 0.2})
+    write_dataset(reports, "toys-p5", [None, 2], {"users": 2, "items": 5, "interactions": 8, "sparsity": 0.2})
+    (reports / "ml-latest-small" / "audit.json").write_text(json.dumps({
+        "policy": "warn", "tripped": ["timestamp_ties"],
+        "findings": ["timestamp ties: 1 of 2 test targets (50.0%) share their timestamp with a history item",
+                     "consecutive ids: random 0 of 2 test targets (0.0%)"]}))
+    out = tmp_path / "table1.md"
+    table.run(params, reports_dir=reports, out_path=out)
+    ml, toys = out.read_text().split("\n## ")[1:]
+    assert "Leakage audits (audit.policy=warn): 1 tripped (timestamp_ties).\n\n- timestamp ties: 1 of 2" in ml
+    assert "\n- consecutive ids: random 0 of 2 test targets (0.0%)\n" in ml
+    assert "Leakage audits" not in toys  # no audit.json: no line

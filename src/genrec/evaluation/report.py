@@ -306,11 +306,19 @@ def dataset_statistics(stats: dict) -> str:
             f"length {interactions / users if users else 0:.1f}); dropped by the filters: {dropped or 'nothing'}.")
 
 
+def audit_lines(audit: dict) -> list[str]:
+    """The leakage audits of a dataset (its audit.json, `genrec audit`) as a list: one finding a line."""
+    tripped = audit.get("tripped") or []
+    head = (f"Leakage audits (audit.policy={audit.get('policy')}): "
+            + (f"{len(tripped)} tripped ({', '.join(tripped)})." if tripped else "none tripped."))
+    return [head, "", *(f"- {finding}" for finding in audit.get("findings") or []), ""]
+
+
 def table_one(reports_dir: str | Path, links_from: str | Path = ".", reference: str = "genrec",
               samples: int = 1000, seed: int = 42) -> str:
     """One Table 1 across datasets: a block per `reports_dir/<dataset>/` holding metrics files.
 
-    Each block: the dataset's statistics (its split_stats.json), every model of this run in the model table's
+    Each block: the dataset's statistics (its split_stats.json), its leakage audits (audit.json), every model of this run in the model table's
     order with its item representation and 95% intervals, the paper's figures for the matching dataset, and a
     link to the dataset's own report (paired tests), relative to `links_from` (the folder the table is written
     to). When the dataset's predictions/ folder is there and `reference` evaluated a user sample, every model is
@@ -337,6 +345,9 @@ def table_one(reports_dir: str | Path, links_from: str | Path = ".", reference: 
         lines += [f"## {name}", ""]
         if stats_path.is_file():
             lines += [dataset_statistics(json.loads(stats_path.read_text(encoding="utf-8"))), ""]
+        audit_path = reports_dir / name / "audit.json"
+        if audit_path.is_file():
+            lines += audit_lines(json.loads(audit_path.read_text(encoding="utf-8")))
         if sample is not None:
             seeded = f" (eval.seed={sample['seed']})" if sample.get("seed") is not None else ""
             lines += [f"Every model on {reference}'s seeded sample of {sample['users']:,} of the {sample['of']:,} test "

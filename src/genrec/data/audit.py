@@ -29,7 +29,7 @@ from genrec.data import split
 from genrec.data.processed import read_part_table
 from genrec.data.sequences import Sequences
 from genrec.errors import DataError
-from genrec.indexing.codes import CODES_FILE, ItemCodes
+from genrec.indexing.codes import ItemCodes
 
 TARGETS = ("valid", "test")
 """The splits whose targets are audited, each one item per user."""
@@ -62,11 +62,6 @@ def target_rows(seqs: Sequences) -> dict[str, np.ndarray]:
     """
     end = np.r_[seqs.first[1:], len(seqs.item)]
     return {"train": end - 3, "valid": end - 2, "test": end - 1}
-
-
-def history_rows(name: str) -> int:
-    """How many of a user's last rows are not history of the target of split `name` (the target and after)."""
-    return {"valid": 2, "test": 1}[name]
 
 
 def code_matrix(index: ItemCodes, item_ids: Sequence[str], path: Path) -> np.ndarray:
@@ -181,7 +176,8 @@ def history_leaks(seqs: Sequences, name: str) -> dict[str, Leak]:
     suffix of it. Users without a leak are left out.
     """
     end = np.r_[seqs.first[1:], len(seqs.item)].tolist()
-    items, titles, cut = seqs.item.tolist(), seqs.titles, history_rows(name)
+    items, titles = seqs.item.tolist(), seqs.titles
+    cut = {"valid": 2, "test": 1}[name]  # a user's last rows that are not history: the target and after
     out = {}
     for user, lo, hi in zip(seqs.user_ids, seqs.first.tolist(), end):
         history, target = items[lo:hi - cut], items[hi - cut]

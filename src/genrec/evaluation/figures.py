@@ -19,19 +19,34 @@ def bar_chart(results: list[ModelResult], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(results)
     names = results[0].metric_names
-    x = np.arange(len(names))
-    for i, r in enumerate(results):
-        m = r.metrics
-        values = np.array([m.get(name, np.nan) for name in names], dtype=float)
-        low = np.array([m.get("ci95_low", {}).get(name, v) for name, v in zip(names, values)], dtype=float)
-        high = np.array([m.get("ci95_high", {}).get(name, v) for name, v in zip(names, values)], dtype=float)
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=r.label,
-               yerr=np.vstack([values - low, high - values]), capsize=3)
-    ax.set_xticks(x, [metric_label(m) for m in names])
+    grouped_bars(ax, [(r.label, [(r.metrics, name) for name in names]) for r in results], capsize=3)
+    ax.set_xticks(np.arange(len(names)), [metric_label(m) for m in names])
     ax.set_ylabel("score (95% bootstrap interval)")
     ax.legend()
+    return save(fig, ax, path)
+
+
+def grouped_bars(ax, series: list[tuple[str, list[tuple[dict, str]]]], capsize: int) -> None:
+    """One bar per series in each group, with its 95% interval as error bars.
+
+    Args:
+        series: (label, [(metrics, name) per group]): the bar's value is metrics[name], its interval
+            metrics["ci95_low"][name] to metrics["ci95_high"][name] (none when absent).
+    """
+    width = 0.8 / max(len(series), 1)
+    for i, (label, cells) in enumerate(series):
+        values = np.array([m.get(name, np.nan) for m, name in cells], dtype=float)
+        low = np.array([m.get("ci95_low", {}).get(name, v) for (m, name), v in zip(cells, values)], dtype=float)
+        high = np.array([m.get("ci95_high", {}).get(name, v) for (m, name), v in zip(cells, values)], dtype=float)
+        ax.bar(np.arange(len(cells)) + (i - (len(series) - 1) / 2) * width, values, width, label=label,
+               yerr=np.vstack([values - low, high - values]), capsize=capsize)
+
+
+def save(fig, ax, path: str | Path) -> Path:
+    """Grid the y axis, lay the figure out, write it as a PNG and close it."""
+    import matplotlib.pyplot as plt
+
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -76,23 +91,11 @@ def slice_chart(analysis: dict, metric: str, path: str | Path) -> Path:
     names = [*POPULARITY, "cold"]
     models = analysis["models"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / max(len(models), 1)
-    x = np.arange(len(names))
-    for i, (model, result) in enumerate(models.items()):
-        cells = [result["slices"]["popularity"][name] for name in names]
-        values = np.array([c.get(metric, np.nan) for c in cells], dtype=float)
-        low = np.array([c.get("ci95_low", {}).get(metric, v) for c, v in zip(cells, values)], dtype=float)
-        high = np.array([c.get("ci95_high", {}).get(metric, v) for c, v in zip(cells, values)], dtype=float)
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=result.get("label", model),
-               yerr=np.vstack([values - low, high - values]), capsize=2)
+    grouped_bars(ax, [(result.get("label", model), [(result["slices"]["popularity"][name], metric) for name in names])
+                      for model, result in models.items()], capsize=2)
     users = models[next(iter(models))]["slices"]["popularity"] if models else {}
-    ax.set_xticks(x, [f"{name}\n({users.get(name, {}).get('users', 0)} users)" for name in names])
+    ax.set_xticks(np.arange(len(names)), [f"{name}\n({users.get(name, {}).get('users', 0)} users)" for name in names])
     ax.set_ylabel(f"{metric_label(metric)} (95% bootstrap interval)")
     ax.set_title(f"{metric_label(metric)} by the target's popularity in the training split")
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path)

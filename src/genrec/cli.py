@@ -320,7 +320,7 @@ def check_params(params_path, overrides):
         try:
             params = load_params(params_path, (*overrides, *([f"dataset={dataset}"] if dataset else [])))
         except ParamsError as err:
-            problems += problem_lines(params_path, str(err))
+            problems += err.lines
         else:
             problems += dataset_name_problems(params_path, params.dataset, params.datasets)
     problems = list(dict.fromkeys(problems))
@@ -329,15 +329,6 @@ def check_params(params_path, overrides):
     if problems:
         raise SystemExit(1)
     click.echo(f"{params_path}: valid for {', '.join(datasets) or 'its dataset'}")
-
-
-def problem_lines(params_path: Path, message: str) -> list[str]:
-    """A ParamsError's message as one line per problem, each naming the file (and its line)."""
-    head, _, listed = message.partition(" invalid parameters:\n  - ")
-    if not listed:
-        return [message]
-    return [f"{params_path}, {line}" if line.startswith("line ") else f"{params_path}: {line}"
-            for line in listed.split("\n  - ")]
 
 
 def dataset_names(params_path: Path, overrides: tuple[str, ...]) -> list[str]:

@@ -28,7 +28,15 @@ __all__ = ["HISTORY_FORMATS", "AuditParams", "EvalParams", "IndexParams", "Inges
 
 
 class ParamsError(ValueError):
-    """Raised with every problem found in a params file, one per line."""
+    """Raised with every problem found in a params file, one per line.
+
+    `lines` holds the problems one by one, each naming the file (and its line where known): what
+    `genrec check-params` prints.
+    """
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = lines or [message]
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -289,8 +297,8 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | l
 
 def _params_error(path: Path, problems: list[tuple[int | None, str]]) -> ParamsError:
     """One line for one problem, else one a line; each with its line in `path` where the value came from there."""
+    lines = [f"{path}{f', line {line}' if line else ''}: {text}" for line, text in problems]
     if len(problems) == 1:
-        line, text = problems[0]
-        return ParamsError(f"{path}{f', line {line}' if line else ''}: {text}")
+        return ParamsError(lines[0])
     return ParamsError(f"{path}: {len(problems)} invalid parameters:\n  - "
-                       + "\n  - ".join(f"line {line}: {text}" if line else text for line, text in problems))
+                       + "\n  - ".join(f"line {line}: {text}" if line else text for line, text in problems), lines)

@@ -50,7 +50,7 @@ COMPARABLE_TAGS = ("split_fingerprint", "valid_protocol")
 """Versions are compared only when these tags are equal (same split, same evaluation protocol)."""
 RANKS_TAG = "valid.ranks_sha256"
 """sha256 of the version's stored per-user validation ranks (a `valid.` tag: updated on re-evaluation)."""
-ARCHIVED_TAG = "archived_reason"
+ARCHIVED_TAG = registry.ARCHIVED_TAG
 ARCHIVED_AT_TAG = "archived_at"
 TEST_PREFIX = "promotion."
 """Tags recording the last promotion test a version took part in as the challenger."""

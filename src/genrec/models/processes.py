@@ -58,11 +58,23 @@ def group_timeout():
     from torch.distributed import distributed_c10d
 
     group = distributed_c10d._get_default_group()
-    try:
-        return group._get_backend(torch.device("cpu")).options._timeout
-    except (AttributeError, RuntimeError):
-        return distributed_c10d._get_pg_default_timeout(group) if hasattr(distributed_c10d, "_get_pg_default_timeout") \
-            else None
+    for device in ("cpu", "cuda"):  # a gloo group has a CPU backend, an NCCL group a CUDA one
+        try:
+            return group._get_backend(torch.device(device)).options._timeout
+        except (AttributeError, RuntimeError):
+            continue
+    return None
+
+
+def smallest_of_processes(value: int) -> int:
+    """The smallest `value` of the processes in torch's default process group; `value` without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return min(values)
 
 
 def main_only(state, work: Callable[[], T]) -> T | None:

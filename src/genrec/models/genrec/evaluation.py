@@ -24,6 +24,7 @@ from genrec.data.prompts import (PromptTemplate, SequenceEncoder, completion_tok
                                  text_token_ids)
 from genrec.data.sequences import read_histories
 from genrec.decoding.trie import Catalogue
+from genrec.models.processes import smallest_of_processes
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,6 @@ def decode_lists(model, tokenizer, template: PromptTemplate, catalogue: Catalogu
     for i, entries in decoded:
         lists[i] = entries
     return lists, seconds, settings.max_new_tokens
-
-
-def smallest_of_processes(value: int) -> int:
-    """The smallest `value` of the processes in torch's default process group; `value` without one."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return min(values)
 
 
 def read_records(path: Path) -> list[dict]:

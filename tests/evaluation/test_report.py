@@ -133,3 +133,20 @@ def test_the_results_table_names_each_models_items_and_marks_a_leaky_index():
                     ["| mostpop", "-"]]
     assert lines[-1] == report.LEAKY_NOTE and "leakage" in lines[-1]
     assert report.LEAKY_NOTE not in report.results_table([result("genrec"), result("p5-random")])
+
+
+def test_predictions_are_read_with_their_lists_and_refused_when_not_their_metrics_files(tmp_path):
+    import hashlib
+    import json
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"user_id": "u1", "target_item_id": 7, "ranked": [{"item_ids": [8]}, {"item_ids": [7, 9]}]})
+                    + "\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert outputs.read_predictions(path, digest) == {"u1": ("7", [["8"], ["7", "9"]])}
+    assert outputs.read_ranks(path) == {"u1": 2}
+    with pytest.raises(DataError, match="predictions_sha256 of its metrics file"):
+        outputs.read_predictions(path, "0" * 64)
+    path.write_text('{"user_id": "u1"}\n')
+    with pytest.raises(DataError, match="row 1"):
+        outputs.read_predictions(path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import pandas as pd
@@ -141,15 +139,3 @@ def test_run_metrics_are_prefixed_by_split_and_slice():
     assert metrics["test.slice.popularity.tail.hr_at_10_ci95_high"] == 0.0
     assert metrics["test.coverage_at_10"] == 0.5 and metrics["test.gini_at_10"] == pytest.approx(0.5)
     assert not any(".torso." in name for name in metrics if not name.endswith(".users"))  # empty: users only
-
-
-def test_lists_are_refused_when_they_are_not_the_metrics_files_evaluation(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"user_id": "u1", "target_item_id": 7, "ranked": [{"item_ids": [7, 8]}]}) + "\n")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert slices.read_lists(path, digest) == {"u1": ("7", [["7", "8"]])}
-    with pytest.raises(DataError, match="predictions_sha256 of its metrics file"):
-        slices.read_lists(path, "0" * 64)
-    path.write_text('{"user_id": "u1"}\n')
-    with pytest.raises(DataError, match="row 1"):
-        slices.read_lists(path)

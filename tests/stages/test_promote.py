@@ -364,7 +364,7 @@ def test_files_that_are_not_this_evaluation_of_this_adapter_are_refused(history,
 
 
 def test_the_card_lists_the_reports_test_slices_and_refuses_those_of_another_evaluation(tmp_path):
-    from genrec.evaluation import slices
+    from genrec.evaluation import outputs, slices
     from genrec.stages import promote
 
     w = tiny.world(tmp_path)
@@ -374,7 +374,7 @@ def test_the_card_lists_the_reports_test_slices_and_refuses_those_of_another_eva
     evidence = {"model_dir": model_dir, "processed": w["processed"]}
     tiny.write_metrics(folder / "valid.json", "valid", [1, None], predictions=folder / "valid.jsonl", **evidence)
     test = tiny.write_metrics(folder / "test.json", "test", [1, 3], predictions=folder / "test.jsonl", **evidence)
-    lists = slices.read_lists(folder / "test.jsonl", test["predictions_sha256"])
+    lists = outputs.read_predictions(folder / "test.jsonl", test["predictions_sha256"])
     analysis = slices.analyse({"test": lists}, slices.read_split(w["processed"]), reference="test", ks=[5, 10],
                               head_share=0.2, tail_share=0.2, cold_item_max=10, history_count=2, samples=50,
                               paired_samples=50, seed=0, paired_seed=0, tested=["hr_at_10"])

@@ -120,7 +120,8 @@ def on_reference_users(results: list[ModelResult], reference: str, samples: int,
         ranks = {u: r.ranks[u] for u in shared}
         metrics = {**r.metrics, **ranking_metrics(list(ranks.values()), ks, samples, seed), "users": len(shared),
                    "valid_beam_share": None, "restricted_to": reference}
-        out.append(ModelResult(name=r.name, metrics_path=r.metrics_path, metrics=metrics, ranks=ranks))
+        out.append(ModelResult(name=r.name, metrics_path=r.metrics_path, metrics=metrics, ranks=ranks,
+                               lists=None if r.lists is None else {u: r.lists[u] for u in shared}))
     protocol = ref.metrics.get("protocol") or {}
     sample = {"reference": reference, "users": len(users), "of": max(len(r.ranks) for r in results),
               "seed": ref.metrics.get("seed"), "max_users": protocol.get("max_users"), "short": short}

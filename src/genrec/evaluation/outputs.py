@@ -5,7 +5,7 @@ shares (`summary`), GenRec's and P5's metrics from their lists (`summarise`), an
 ends every evaluate stage (model name, the model's content hash, the split fingerprint, the predictions file's
 sha256 and timings added; predictions, then metrics written atomically; HR/NDCG logged; both logged into the
 model's MLflow run, or a run nested under it: `log_to_mlflow`). Reading: `load_metrics`, `check_same_split`,
-`read_ranks`, `attach_ranks` (the report, Table 1, promotion and `genrec seeds`).
+`read_predictions`, `read_ranks`, `attach_ranks` (the report, Table 1, promotion and `genrec seeds`).
 
 Evidence. A metrics file names what it measured: `model_sha256` (the evaluated model's content hash),
 `split_fingerprint` and `predictions_sha256` (the sha256 of the predictions file written with it). The
@@ -230,6 +230,9 @@ class ModelResult:
     metrics_path: Path
     metrics: dict
     ranks: dict[str, Rank] | None = None
+    lists: dict[str, tuple[str, list[list[str]]]] | None = None
+    """Per user, the target and the item ids of each ranked entry (`read_predictions`), for the same users as
+    `ranks`."""
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -313,38 +316,62 @@ def _get(data: dict, dotted: str):
     return data
 
 
+def read_predictions(path: str | Path, expected_sha256: str | None = None) -> dict[str, tuple[str, list[list[str]]]]:
+    """Per user_id of a predictions file: (target item id, the item ids of each ranked entry, in rank order).
+
+    Args:
+        expected_sha256: the metrics file's `predictions_sha256`; None checks nothing (a file written before
+            metrics files recorded it).
+
+    Raises:
+        DataError: the file is missing, a line is not a well-formed prediction, or its sha256 is not
+            `expected_sha256` (the file is not the evaluation its metrics file measured).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
+    data = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise DataError("its sha256 is not the predictions_sha256 of its metrics file: the two come from different "
+                        "evaluations", path=path, fix="rerun the stage that writes both (dvc repro)")
+    lists = {}
+    for row, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            lists[str(record["user_id"])] = (str(record["target_item_id"]),
+                                             [[str(i) for i in entry["item_ids"]] for entry in record["ranked"]])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"not a prediction record ({err})", path=path, row=row,
+                            fix="rerun the stage that wrote it") from None
+    return lists
+
+
+def ranks_of(lists: dict[str, tuple[str, list[list[str]]]]) -> dict[str, Rank]:
+    """Per user, the 1-based rank of the target in its list (`read_predictions`'s), None for a miss."""
+    return {user: target_rank(entries, target) for user, (target, entries) in lists.items()}
+
+
 def read_ranks(path: str | Path) -> dict[str, Rank]:
     """Per user_id, the 1-based rank of the target in a predictions file (None: a miss).
 
     Raises:
         DataError: the file is missing, or a line is not a well-formed prediction.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
-    ranks = {}
-    with path.open(encoding="utf-8") as f:
-        for row, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                lists = [entry["item_ids"] for entry in record["ranked"]]
-                ranks[str(record["user_id"])] = target_rank(lists, str(record["target_item_id"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"not a prediction record ({err})", path=path, row=row,
-                                fix="rerun the stage that wrote it") from None
-    return ranks
+    return ranks_of(read_predictions(path))
 
 
 def attach_ranks(results: list[ModelResult], predictions_dir: str | Path) -> None:
-    """Read `<predictions_dir>/<metrics file stem>.jsonl` for each result, checked against its metrics.
+    """Read `<predictions_dir>/<metrics file stem>.jsonl` for each result (its `lists` and `ranks`), checked
+    against its metrics file.
 
     Raises:
-        DataError: a predictions file is missing or evaluates another number of users than its
-            metrics file (a stale file).
+        DataError: a predictions file is missing, is not the one its metrics file records
+            (`predictions_sha256`), or evaluates another number of users than its metrics file (a stale file).
     """
     for result in results:
         path = Path(predictions_dir) / f"{result.metrics_path.stem}.jsonl"
-        result.ranks = read_ranks(path)
+        result.lists = read_predictions(path, result.metrics.get("predictions_sha256"))
+        result.ranks = ranks_of(result.lists)
         expected = result.metrics.get("users")
         if expected is not None and expected != len(result.ranks):
             raise DataError(f"{len(result.ranks)} users, but {result.metrics_path} reports {expected}", path=path,

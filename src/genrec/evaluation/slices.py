@@ -27,8 +27,6 @@ title, and a title shared by several items stands for each of them:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from genrec.data.processed import read_part
-from genrec.errors import DataError
-from genrec.evaluation.metrics import Rank, paired_bootstrap, per_user, ranking_metrics, target_rank
+from genrec.evaluation.metrics import Rank, paired_bootstrap, per_user, ranking_metrics
+from genrec.evaluation.outputs import ranks_of
 
 POPULARITY = ("head", "torso", "tail")
 """The popularity buckets, most popular first; `cold` is a slice beside them."""
@@ -117,32 +115,6 @@ def history_buckets(lengths: dict[str, int], buckets: int) -> tuple[dict[str, st
     return of, ranges
 
 
-def read_lists(path: str | Path, expected_sha256: str | None = None) -> dict[str, tuple[str, list[list[str]]]]:
-    """Per user_id of a predictions file: (target item id, the item ids of each ranked entry, in rank order).
-
-    Raises:
-        DataError: the file is missing, a line is not a prediction record, or its sha256 is not
-            `expected_sha256` (the metrics file's `predictions_sha256`: the file is not that evaluation's).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("not found", path=path, fix="rerun the stage that writes this model's predictions")
-    data = path.read_bytes()
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise DataError("its sha256 is not the predictions_sha256 of its metrics file: the two come from different "
-                        "evaluations", path=path, fix="rerun the stage that writes both (dvc repro)")
-    lists = {}
-    for row, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            lists[str(record["user_id"])] = (str(record["target_item_id"]),
-                                             [[str(i) for i in entry["item_ids"]] for entry in record["ranked"]])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"not a prediction record ({err})", path=path, row=row,
-                            fix="rerun the stage that wrote it") from None
-    return lists
-
-
 def beyond_accuracy(lists: Sequence[Sequence[Sequence[str]]], counts: dict[str, int], k: int) -> dict:
     """Coverage, ARP, novelty and Gini of the users' top-`k` lists (module docstring), keyed `<name>_at_<k>`.
 
@@ -216,7 +188,7 @@ def analyse(models: dict[str, dict[str, tuple[str, list[list[str]]]]], split: Sp
     """Every model's slices and beyond-accuracy metrics, and the paired tests within each slice.
 
     Args:
-        models: per model, its lists (`read_lists`) on the users to analyse (every model on the same users
+        models: per model, its lists (`genrec.evaluation.outputs.read_predictions`) on the users to analyse (every model on the same users
             for comparable coverage and Gini).
         tested: the metrics of the paired tests (HR@10 and NDCG@10 by default).
 
@@ -239,7 +211,7 @@ def analyse(models: dict[str, dict[str, tuple[str, list[list[str]]]]], split: Sp
     ranks, members = {}, {}
     out_models = {}
     for name, lists in models.items():
-        ranks[name] = {u: target_rank(entries, target) for u, (target, entries) in lists.items()}
+        ranks[name] = ranks_of(lists)
         members[name] = slice_users(split, {u: target for u, (target, _) in lists.items()}, popularity, history,
                                     cold_item_max, names)
         out_models[name] = {

@@ -63,7 +63,7 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
     # Each pair on the users both of its models evaluated, not only the reference's.
     representation_tests = comparison.representation_tests(all_users, tested, cfg.paired_samples, cfg.seed)
     rows = comparison.per_k_curves(results, cfg.max_k)
-    analysis = analyse(params, results, Path(predictions_dir), Path(processed_dir), tested, sample)
+    analysis = analyse(params, results, Path(processed_dir), tested, sample)
 
     figures_dir, out_path, plots_path = Path(figures_dir), Path(out_path), Path(plots_path)
     with atomic_path(figures_dir) as tmp:
@@ -93,20 +93,13 @@ def run(params: Params, *, metrics_dir: Path, predictions_dir: Path, out_path: P
             "representation_tests": representation_tests, "sample": sample, "analysis_data": analysis}
 
 
-def analyse(params: Params, results: list[outputs.ModelResult], predictions_dir: Path, processed_dir: Path,
-            tested: tuple[str, ...], sample: dict | None) -> dict:
-    """`slices.analyse` of the compared models on the users each is compared on, with what it was run on.
-
-    Each model's lists are read back from its predictions file, checked against its metrics file's
-    `predictions_sha256`, and kept for the users of its (possibly restricted) ranks.
-    """
+def analyse(params: Params, results: list[outputs.ModelResult], processed_dir: Path, tested: tuple[str, ...],
+            sample: dict | None) -> dict:
+    """`slices.analyse` of the compared models (their lists, `outputs.attach_ranks`, on the users each is
+    compared on), with what it was run on."""
     cfg = params.report
-    models, facts = {}, {}
-    for r in results:
-        path = predictions_dir / f"{r.metrics_path.stem}.jsonl"
-        lists = slices.read_lists(path, r.metrics.get("predictions_sha256"))
-        models[r.name] = {user: lists[user] for user in r.ranks if user in lists}
-        facts[r.name] = {"predictions_sha256": r.metrics.get("predictions_sha256"), "label": r.label}
+    models = {r.name: r.lists for r in results}
+    facts = {r.name: {"predictions_sha256": r.metrics.get("predictions_sha256"), "label": r.label} for r in results}
     analysis = slices.analyse(models, slices.read_split(processed_dir), reference=cfg.reference, ks=params.eval.k,
                               head_share=cfg.head_share, tail_share=cfg.tail_share, cold_item_max=cfg.cold_item_max,
                               history_count=cfg.history_buckets, samples=params.eval.bootstrap_samples,

@@ -101,6 +101,8 @@ def test_outputs_are_complete_and_checkpoints_removed(trained, tiny):
                  "config.json", "trainer_state.json", "mlflow_run.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "template.json").read_text()) == json.loads((tiny["prompts"] / "template.json").read_text())
+    modules = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(params.train.lora.target_modules)  # PEFT's set, written in one order
     config = json.loads((out / "config.json").read_text())
     assert config["params"] == to_dict(params)
     assert config["base_model"]["model_type"] == "llama"

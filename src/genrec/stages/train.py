@@ -280,6 +280,7 @@ def write_outputs(out_dir: Path, adapter_dir: Path, trainer, tokenizer, template
 
     with atomic_path(out_dir) as tmp:
         shutil.copytree(adapter_dir, tmp)
+        sft_trainer.stable_adapter_config(tmp / "adapter_config.json")
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.json holds the resolved params
         tokenizer.save_pretrained(tmp)
         template.save(tmp / "template.json")

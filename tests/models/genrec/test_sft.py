@@ -403,3 +403,26 @@ def test_the_readme_4gpu_command_splits_and_the_defaults_name_the_keys(root):
     with pytest.raises(DataError, match=r"train\.batch_size=8 .* micro_batch_size") as err:
         sft_trainer.accumulation_steps(load_params(root / "params.yaml").train, processes["num_processes"])
     assert "\n" not in str(err.value) and "train.micro_batch_size" in str(err.value)
+
+
+def test_one_lora_recipe_writes_one_adapter_config_whatever_the_hash_seed(tmp_path):
+    """PEFT writes target_modules in its set's order, which follows PYTHONHASHSEED; genrec sorts it."""
+    import os
+    import subprocess
+    import sys
+
+    from genrec.models.genrec.sft_trainer import stable_adapter_config
+
+    script = ("import sys; from peft import LoraConfig; LoraConfig(r=2, target_modules=['q_proj', 'k_proj', 'v_proj', "
+              "'o_proj', 'gate_proj', 'up_proj', 'down_proj']).save_pretrained(sys.argv[1])")
+    written = []
+    for seed in range(6):
+        folder = tmp_path / str(seed)
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        raw = (folder / "adapter_config.json").read_bytes()
+        stable_adapter_config(folder / "adapter_config.json")
+        written.append((raw, (folder / "adapter_config.json").read_bytes()))
+    assert len({raw for raw, _ in written}) > 1  # PEFT alone: the order changes with the seed
+    assert len({stable for _, stable in written}) == 1
+    assert b'"down_proj",\n    "gate_proj"' in written[0][1]

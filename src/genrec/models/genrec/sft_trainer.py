@@ -197,6 +197,26 @@ def lora_state(model) -> dict:
             if FULL_EMBEDDING not in k}  # as `slim_adapter` leaves the file
 
 
+SET_FIELDS = ("target_modules", "exclude_modules")
+"""adapter_config.json fields PEFT holds as sets and writes as lists in the set's iteration order."""
+
+
+def stable_adapter_config(path: Path) -> None:
+    """Rewrite PEFT's adapter_config.json with its set fields sorted, so one recipe writes the same bytes.
+
+    PEFT writes `target_modules` in the set's iteration order, which follows the process's string hash
+    seed: two trainings with identical weights wrote different files, so different adapter hashes
+    (`genrec.tracking.registry.adapter_hash`) and a new registry version each time.
+    """
+    import json
+
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in SET_FIELDS:
+        if isinstance(config.get(key), list) and all(isinstance(v, str) for v in config[key]):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def verify_adapter(adapter_dir: Path, initial: dict) -> None:
     """Fail loudly unless the saved adapter holds every LoRA tensor and lora_B moved off its zero init.
 
